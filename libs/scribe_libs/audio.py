@@ -1,0 +1,98 @@
+"""Audio files: probe (duration, rate, channels, decodability) and decode for Whisper.
+
+Decoding goes through PyAV (FFmpeg), the same library faster-whisper uses, so anything FFmpeg
+reads is accepted: wav, flac, mp3, ogg/opus, m4a, and G.711 mu-law/A-law wav from call centers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from scribe_libs.errors import InvalidArgument
+
+#: Whisper's input rate, Hz (openai/whisper audio.py SAMPLE_RATE).
+WHISPER_SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What :func:`probe` learned about a file."""
+
+    duration: float
+    """Seconds."""
+    sample_rate: int
+    """Hz of the first audio stream."""
+    channels: int
+    codec: str
+    container: str
+
+
+def probe(path: Path) -> AudioInfo:
+    """Open ``path``, check that its first audio stream decodes, and measure its duration.
+
+    The duration comes from the container header when present; otherwise every frame is decoded
+    and counted (slow for long files, exact).
+
+    Raises:
+        InvalidArgument: ``UNDECODABLE_AUDIO`` (not a media file, or no frame decodes),
+            ``NO_AUDIO_STREAM`` (e.g. a video-only or a text file FFmpeg happens to open),
+            ``EMPTY_AUDIO`` (zero duration).
+    """
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidArgument("UNDECODABLE_AUDIO", f"audio could not be decoded: {exc}", field="audio") from exc
+    with container:
+        if not container.streams.audio:
+            raise InvalidArgument("NO_AUDIO_STREAM", "the upload has no audio stream", field="audio")
+        stream = container.streams.audio[0]
+        rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+        channels = int(stream.codec_context.channels or 0)
+        duration = 0.0
+        if container.duration:
+            duration = container.duration / av.time_base
+        elif stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        decoded_samples = 0
+        try:
+            for frame in container.decode(stream):
+                decoded_samples += frame.samples
+                rate = rate or frame.sample_rate
+                if duration > 0 and decoded_samples > 0:
+                    break
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise InvalidArgument("UNDECODABLE_AUDIO", f"audio could not be decoded: {exc}", field="audio") from exc
+        if decoded_samples == 0:
+            raise InvalidArgument("UNDECODABLE_AUDIO", "no audio frame could be decoded", field="audio")
+        if duration <= 0 and rate:
+            duration = decoded_samples / rate
+        if duration <= 0:
+            raise InvalidArgument("EMPTY_AUDIO", "the audio has no duration", field="audio")
+        return AudioInfo(
+            duration=duration,
+            sample_rate=rate,
+            channels=channels,
+            codec=stream.codec_context.name,
+            container=container.format.name,
+        )
+
+
+def decode_for_whisper(path: Path) -> np.ndarray:
+    """Decode ``path`` to mono float32 samples at 16 kHz (faster-whisper's ``decode_audio``).
+
+    Returns:
+        1-D array of float32 in [-1, 1], length = duration x 16000.
+
+    Raises:
+        InvalidArgument: ``UNDECODABLE_AUDIO``.
+    """
+    from faster_whisper.audio import decode_audio
+
+    try:
+        return decode_audio(str(path), sampling_rate=WHISPER_SAMPLE_RATE)
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise InvalidArgument("UNDECODABLE_AUDIO", f"audio could not be decoded: {exc}", field="audio") from exc

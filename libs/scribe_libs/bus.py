@@ -1,0 +1,183 @@
+"""NATS JetStream: connection, the streams and buckets of DESIGN.md, protobuf messages.
+
+Names (DESIGN.md, "Storage and messaging names"):
+
+- ``SCRIBE_JOBS``: work-queue stream, subjects ``scribe.jobs.<pool>``, one durable pull consumer
+  per pool (``transcriber-<pool>``).
+- ``SCRIBE_POSTPROCESS``: work-queue stream, subject ``scribe.postprocess``.
+- ``SCRIBE_EVENTS``: limits stream, ``scribe.events.>``, messages kept one day.
+- KV buckets ``scribe_jobs`` (job records), ``scribe_workers`` (profiles, TTL),
+  ``scribe_glossaries``.
+
+Every service declares all of them at start (:func:`declare`), idempotently: an existing stream
+with a different configuration is updated, not recreated.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TypeVar
+
+import nats
+from google.protobuf.message import Message
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from scribe_libs.config import NatsSettings
+from scribe_libs.telemetry import inject_headers
+
+log = logging.getLogger(__name__)
+
+JOBS_STREAM = "SCRIBE_JOBS"
+POSTPROCESS_STREAM = "SCRIBE_POSTPROCESS"
+EVENTS_STREAM = "SCRIBE_EVENTS"
+POSTPROCESS_SUBJECT = "scribe.postprocess"
+JOBS_BUCKET = "scribe_jobs"
+WORKERS_BUCKET = "scribe_workers"
+GLOSSARIES_BUCKET = "scribe_glossaries"
+
+#: Events are kept one day (DESIGN.md); WatchJob reads state from KV, events are for consumers.
+EVENTS_MAX_AGE_SECONDS = 24 * 3600
+#: Worker profiles expire from ``scribe_workers`` this many seconds after their last write, so
+#: a dead pod leaves routing by itself. Workers rewrite theirs every WORKER_HEARTBEAT_SECONDS.
+WORKER_TTL_SECONDS = 15.0
+WORKER_HEARTBEAT_SECONDS = 5.0
+
+M = TypeVar("M", bound=Message)
+
+
+def jobs_subject(pool: str) -> str:
+    """Subject carrying ``pool``'s job messages."""
+    return f"scribe.jobs.{pool}"
+
+
+def event_subject(job_id: str, kind: str) -> str:
+    """Subject of one job event, e.g. ``scribe.events.<job_id>.progress``."""
+    return f"scribe.events.{job_id}.{kind}"
+
+
+def pool_consumer(pool: str) -> str:
+    """Durable consumer name of ``pool``'s transcribers."""
+    return f"transcriber-{pool}"
+
+
+@dataclass
+class Bus:
+    """A NATS connection with its JetStream context and the KV buckets."""
+
+    nc: NATS
+    js: JetStreamContext
+    jobs: KeyValue
+    workers: KeyValue
+    glossaries: KeyValue
+
+    async def publish(self, subject: str, message: Message, headers: dict[str, str] | None = None) -> int:
+        """Publish a protobuf message to JetStream with trace context headers.
+
+        Returns:
+            The stream sequence JetStream assigned (the message is durable once this returns).
+        """
+        ack = await self.js.publish(subject, message.SerializeToString(), headers=inject_headers(headers))
+        return int(ack.seq)
+
+    async def close(self) -> None:
+        """Drain the connection (pending publishes and acks are flushed)."""
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            log.info("created stream", extra={"stream": config.name})
+            return
+        except BadRequestError:
+            pass  # created concurrently by another service
+    await js.update_stream(config)
+
+
+async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    try:
+        return await js.key_value(config.bucket)
+    except BucketNotFoundError:
+        try:
+            return await js.create_key_value(config)
+        except BadRequestError:
+            return await js.key_value(config.bucket)
+
+
+async def declare(js: JetStreamContext) -> tuple[KeyValue, KeyValue, KeyValue]:
+    """Declare the streams and KV buckets (idempotent). Returns (jobs, workers, glossaries) KV."""
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=JOBS_STREAM,
+            subjects=["scribe.jobs.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=POSTPROCESS_STREAM,
+            subjects=[POSTPROCESS_SUBJECT],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        StreamConfig(
+            name=EVENTS_STREAM,
+            subjects=["scribe.events.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=EVENTS_MAX_AGE_SECONDS,
+            discard=DiscardPolicy.OLD,
+        ),
+    )
+    jobs = await _ensure_kv(js, KeyValueConfig(bucket=JOBS_BUCKET, history=1, storage=StorageType.FILE))
+    workers = await _ensure_kv(
+        js, KeyValueConfig(bucket=WORKERS_BUCKET, history=1, ttl=WORKER_TTL_SECONDS, storage=StorageType.MEMORY)
+    )
+    glossaries = await _ensure_kv(js, KeyValueConfig(bucket=GLOSSARIES_BUCKET, history=10, storage=StorageType.FILE))
+    return jobs, workers, glossaries
+
+
+async def connect(settings: NatsSettings, name: str) -> Bus:
+    """Connect to NATS, declare streams and buckets, and return the :class:`Bus`.
+
+    Raises:
+        nats.errors.NoServersError: no server answered within the connect timeout.
+    """
+    nc = await nats.connect(
+        servers=[s.strip() for s in settings.url.split(",")],
+        name=name,
+        connect_timeout=settings.connect_timeout,
+        max_reconnect_attempts=settings.max_reconnect_attempts,
+        allow_reconnect=True,
+    )
+    js = nc.jetstream()
+    jobs, workers, glossaries = await declare(js)
+    return Bus(nc=nc, js=js, jobs=jobs, workers=workers, glossaries=glossaries)
+
+
+def parse(message_type: type[M], data: bytes) -> M:
+    """Deserialize a protobuf payload of ``message_type``."""
+    message = message_type()
+    message.ParseFromString(data)
+    return message

@@ -1,0 +1,243 @@
+"""Transcript output formats: JSON, plain text, SubRip (SRT) and WebVTT.
+
+A ``scribe.v1.Transcript`` renders into each ``TranscriptFormat`` as UTF-8 bytes plus the HTTP
+content type to serve it with. Times in the proto are seconds (float); cue timestamps are
+rounded half-up to the nearest millisecond on the decimal value of the float (so 59.9995 s is
+``00:01:00,000``, never ``00:00:59,1000``), carrying into seconds, minutes and hours. Hours have
+at least two digits and grow as needed, so cues past 24 h (or 99 h) still render.
+
+Layouts:
+
+* txt: each segment's text, stripped, one segment per line (line breaks inside a segment become
+  spaces), every line ending in a newline.
+* srt: cues numbered from 1, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, the text, a blank line
+  (the SubRip layout as players read it; there is no formal spec).
+* vtt: ``WEBVTT``, a blank line, then cues ``HH:MM:SS.mmm --> HH:MM:SS.mmm``, the text, a blank
+  line (W3C "WebVTT: The Web Video Text Tracks Format"); ``&``, ``<`` and ``>`` in the text are
+  escaped as the spec requires, which also keeps ``-->`` out of cue text.
+
+In txt, srt and vtt a segment whose text is empty after stripping is skipped (and numbering in
+srt stays consecutive); blank lines inside a segment's text are dropped because a blank line
+ends a cue. A cue whose end is before its start is given its start as end. Negative times
+render as zero. Segment channels get no label yet (a later issue adds speaker labels).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from scribe.v1 import transcript_pb2
+from scribe.v1.transcript_pb2 import Segment, Transcript
+from scribe_libs.errors import InvalidArgument
+
+__all__ = [
+    "CONTENT_TYPES",
+    "FORMAT_NAMES",
+    "format_name",
+    "parse_format",
+    "render",
+    "srt_timestamp",
+    "transcript_from_json",
+    "transcript_to_json",
+    "vtt_timestamp",
+]
+
+TranscriptFormat = transcript_pb2.TranscriptFormat
+
+FORMAT_NAMES: dict[str, transcript_pb2.TranscriptFormat.ValueType] = {
+    "json": transcript_pb2.TRANSCRIPT_FORMAT_JSON,
+    "txt": transcript_pb2.TRANSCRIPT_FORMAT_TXT,
+    "srt": transcript_pb2.TRANSCRIPT_FORMAT_SRT,
+    "vtt": transcript_pb2.TRANSCRIPT_FORMAT_VTT,
+}
+"""Format names as users type them (and as file extensions) -> enum value."""
+
+CONTENT_TYPES: dict[transcript_pb2.TranscriptFormat.ValueType, str] = {
+    transcript_pb2.TRANSCRIPT_FORMAT_JSON: "application/json",  # UTF-8 by definition (RFC 8259)
+    transcript_pb2.TRANSCRIPT_FORMAT_TXT: "text/plain; charset=utf-8",
+    transcript_pb2.TRANSCRIPT_FORMAT_SRT: "application/x-subrip; charset=utf-8",  # de-facto type
+    transcript_pb2.TRANSCRIPT_FORMAT_VTT: "text/vtt; charset=utf-8",  # IANA-registered
+}
+"""Content type each format is served and stored with."""
+
+_MS_PER_HOUR = 3_600_000
+_MS_PER_MINUTE = 60_000
+
+
+def _unknown_format(what: object) -> InvalidArgument:
+    return InvalidArgument(
+        "UNKNOWN_FORMAT", f"unknown transcript format {what!r}; use one of {', '.join(FORMAT_NAMES)}", field="format"
+    )
+
+
+def parse_format(name: str) -> transcript_pb2.TranscriptFormat.ValueType:
+    """The format named ``name`` (``"json"``, ``"txt"``, ``"srt"``, ``"vtt"``; case and spaces ignored).
+
+    Raises:
+        InvalidArgument: reason ``UNKNOWN_FORMAT``, field ``format``.
+    """
+    try:
+        return FORMAT_NAMES[name.strip().lower()]
+    except KeyError:
+        raise _unknown_format(name) from None
+
+
+def format_name(fmt: transcript_pb2.TranscriptFormat.ValueType) -> str:
+    """The short name (also the file extension) of ``fmt``, e.g. ``"srt"``. Raises ``UNKNOWN_FORMAT``."""
+    for name, value in FORMAT_NAMES.items():
+        if value == fmt:
+            return name
+    raise _unknown_format(fmt)
+
+
+def _millis(seconds: float) -> int:
+    """Whole milliseconds in ``seconds``, rounded half-up on the float's shortest decimal form.
+
+    ``Decimal(repr(x))`` is the decimal a person wrote (59.9995, not 59.99949999999999761...), so
+    half a millisecond always rounds up. Negative times clamp to 0.
+
+    Raises:
+        InvalidArgument: reason ``INVALID_TRANSCRIPT`` for NaN or infinity.
+    """
+    if not math.isfinite(seconds):
+        raise InvalidArgument("INVALID_TRANSCRIPT", f"time {seconds!r} is not a finite number of seconds")
+    if seconds <= 0:
+        return 0
+    return int((Decimal(repr(float(seconds))) * 1000).to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def _clock(ms: int, separator: str) -> str:
+    hours, rest = divmod(ms, _MS_PER_HOUR)
+    minutes, rest = divmod(rest, _MS_PER_MINUTE)
+    secs, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def srt_timestamp(seconds: float) -> str:
+    """SubRip time ``HH:MM:SS,mmm`` of ``seconds`` (rounded to the millisecond; hours may exceed 99)."""
+    return _clock(_millis(seconds), ",")
+
+
+def vtt_timestamp(seconds: float) -> str:
+    """WebVTT time ``HH:MM:SS.mmm`` of ``seconds`` (rounded to the millisecond; hours may exceed 99)."""
+    return _clock(_millis(seconds), ".")
+
+
+def _lines(text: str) -> list[str]:
+    """Non-blank, stripped lines of a segment's text."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _cues(transcript: Transcript) -> list[tuple[int, int, list[str]]]:
+    """``(start_ms, end_ms, lines)`` of every segment with text, in transcript order."""
+    cues = []
+    segment: Segment
+    for segment in transcript.segments:
+        lines = _lines(segment.text)
+        if not lines:
+            continue
+        start = _millis(segment.start)
+        cues.append((start, max(start, _millis(segment.end)), lines))
+    return cues
+
+
+def _render_txt(transcript: Transcript) -> str:
+    return "".join(" ".join(lines) + "\n" for _, _, lines in _cues(transcript))
+
+
+def _render_srt(transcript: Transcript) -> str:
+    out = []
+    for number, (start, end, lines) in enumerate(_cues(transcript), start=1):
+        out.append(f"{number}\n{_clock(start, ',')} --> {_clock(end, ',')}\n" + "\n".join(lines) + "\n\n")
+    return "".join(out)
+
+
+def _vtt_escape(line: str) -> str:
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _render_vtt(transcript: Transcript) -> str:
+    out = ["WEBVTT\n\n"]
+    for start, end, lines in _cues(transcript):
+        text = "\n".join(_vtt_escape(line) for line in lines)
+        out.append(f"{_clock(start, '.')} --> {_clock(end, '.')}\n{text}\n\n")
+    return "".join(out)
+
+
+def _in_field_order(descriptor: Descriptor, obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` (from ``MessageToDict``) with keys in .proto declaration order, recursively."""
+    out: dict[str, Any] = {}
+    for field in descriptor.fields:
+        if field.name not in obj:
+            continue
+        value = obj[field.name]
+        if field.type == FieldDescriptor.TYPE_MESSAGE and not field.message_type.GetOptions().map_entry:
+            if isinstance(value, list):
+                value = [_in_field_order(field.message_type, v) if isinstance(v, dict) else v for v in value]
+            elif isinstance(value, dict):
+                value = _in_field_order(field.message_type, value)
+        out[field.name] = value
+    return out
+
+
+def transcript_to_json(transcript: Transcript) -> bytes:
+    """The transcript as indented UTF-8 JSON (proto field names, every field, non-ASCII kept).
+
+    Proto3 JSON mapping (``google.protobuf.json_format``) with ``snake_case`` names as in the
+    .proto, fields with default values included (so segment 0 has ``"id": 0``), keys in
+    declaration order, 2-space indent, Hangul etc. written as-is rather than as escapes, and a
+    final newline.
+    """
+    as_dict = json_format.MessageToDict(
+        transcript, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    ordered = _in_field_order(Transcript.DESCRIPTOR, as_dict)
+    return (json.dumps(ordered, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def transcript_from_json(data: bytes | str) -> Transcript:
+    """Parse JSON written by ``transcript_to_json`` (or any proto3 JSON of a Transcript).
+
+    Both ``snake_case`` and ``lowerCamelCase`` names are accepted; unknown fields are ignored so
+    that a transcript written by a newer version still reads.
+
+    Raises:
+        InvalidArgument: reason ``INVALID_TRANSCRIPT`` when ``data`` is not UTF-8 or not a
+            Transcript in JSON.
+    """
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        obj = json.loads(text)
+        if not isinstance(obj, dict):  # json_format would read "[]" as an empty transcript
+            raise TypeError(f"expected a JSON object, got {type(obj).__name__}")
+        return json_format.ParseDict(obj, Transcript(), ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError) as exc:  # Unicode/JSONDecodeError are ValueErrors
+        raise InvalidArgument("INVALID_TRANSCRIPT", f"not a transcript in JSON: {exc}") from exc
+
+
+def render(transcript: Transcript, fmt: transcript_pb2.TranscriptFormat.ValueType) -> tuple[bytes, str]:
+    """Render ``transcript`` as ``fmt``: ``(UTF-8 content, content type)``.
+
+    ``TRANSCRIPT_FORMAT_UNSPECIFIED`` is not a format here: the caller decides what it defaults to.
+
+    Raises:
+        InvalidArgument: reason ``UNKNOWN_FORMAT`` (field ``format``) for UNSPECIFIED or an
+            unknown value; reason ``INVALID_TRANSCRIPT`` when a time is NaN or infinite.
+    """
+    if fmt == transcript_pb2.TRANSCRIPT_FORMAT_JSON:
+        content = transcript_to_json(transcript)
+    elif fmt == transcript_pb2.TRANSCRIPT_FORMAT_TXT:
+        content = _render_txt(transcript).encode("utf-8")
+    elif fmt == transcript_pb2.TRANSCRIPT_FORMAT_SRT:
+        content = _render_srt(transcript).encode("utf-8")
+    elif fmt == transcript_pb2.TRANSCRIPT_FORMAT_VTT:
+        content = _render_vtt(transcript).encode("utf-8")
+    else:
+        raise _unknown_format(fmt)
+    return content, CONTENT_TYPES[fmt]

@@ -1,0 +1,156 @@
+"""gRPC server bootstrap every service uses: health, reflection, errors, telemetry, drain.
+
+A service's ``create_server(settings, ...)`` calls :func:`start_grpc_server`, which binds the
+configured port (0 picks a free one, so tests bind port 0) and returns a :class:`GrpcServer` with
+the bound port. Health stays NOT_SERVING until the service calls ``set_serving(True)`` (model
+loaded, NATS connected). :func:`run` runs a service's ``main`` on uvloop, and
+:func:`wait_for_termination` turns SIGTERM/SIGINT into a graceful drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import uvloop
+from grpc_health.v1 import _async as health_async
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from scribe_libs.config import ServiceSettings
+from scribe_libs.errors import ErrorInterceptor
+from scribe_libs.telemetry import server_interceptors
+
+log = logging.getLogger(__name__)
+
+#: Largest single gRPC message accepted, bytes. Audio arrives in chunks well below this.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class GrpcServer:
+    """A started gRPC server, its bound port and its health servicer."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health_async.HealthServicer
+    service_names: Sequence[str]
+    on_stop: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING (or NOT_SERVING) for the server as a whole and each service."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def stop(self, drain_seconds: float = 0.0, grace_seconds: float = 0.0) -> None:
+        """Graceful stop: NOT_SERVING, wait ``drain_seconds`` (load balancers notice), stop with grace.
+
+        Then run the ``on_stop`` callbacks in reverse order (drain NATS, close stores).
+        """
+        await self.health.enter_graceful_shutdown()
+        if drain_seconds > 0:
+            await asyncio.sleep(drain_seconds)
+        await self.server.stop(grace_seconds)
+        for callback in reversed(self.on_stop):
+            try:
+                await callback()
+            except Exception:  # noqa: BLE001 - shutdown goes on
+                log.exception("shutdown callback failed")
+
+
+async def start_grpc_server(
+    settings: ServiceSettings,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+) -> GrpcServer:
+    """Create, bind and start a ``grpc.aio`` server with health, reflection and interceptors.
+
+    Args:
+        settings: The service's settings (host, port, ready_file).
+        register: Adds the service's servicers to the server.
+        service_names: Full names of the registered services, e.g. ``"scribe.v1.Ingest"``.
+
+    Returns:
+        The started server; health is NOT_SERVING until ``set_serving(True)``.
+
+    Raises:
+        RuntimeError: the port could not be bound.
+    """
+    server = grpc.aio.server(
+        interceptors=[*server_interceptors(), ErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    register(server)
+    health = health_async.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+    await server.start()
+    grpc_server = GrpcServer(server=server, port=port, health=health, service_names=service_names)
+    await grpc_server.set_serving(False)
+    if settings.ready_file:
+        path = Path(settings.ready_file)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"port": port, "pid": os.getpid()}))
+        tmp.replace(path)
+    log.info("gRPC server listening", extra={"port": port, "services": list(service_names)})
+    return grpc_server
+
+
+async def wait_for_termination() -> None:
+    """Return when the process receives SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("termination signal received, draining")
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a service's ``main()`` on uvloop (Python 3.11: asyncio.Runner with a loop factory)."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+def serve_main(
+    service: str,
+    settings_type: Callable[[], ServiceSettings],
+    create_server: Callable[[Any], Coroutine[Any, Any, GrpcServer]],
+) -> None:
+    """Run a service's whole ``main``.
+
+    Settings come from the environment (built once), then JSON logs, telemetry, the server, and a
+    graceful drain on SIGTERM (``drain_seconds``, then ``grace_seconds``).
+    """
+    from scribe_libs import __version__
+    from scribe_libs.logs import configure_logging
+    from scribe_libs.telemetry import setup_telemetry, shutdown_telemetry
+
+    settings = settings_type()
+    configure_logging(service, settings.log_level)
+    setup_telemetry(service, __version__, settings.metrics_port)
+
+    async def _main() -> None:
+        server = await create_server(settings)
+        await wait_for_termination()
+        await server.stop(settings.drain_seconds, settings.grace_seconds)
+        shutdown_telemetry()
+
+    run(_main)

@@ -1,0 +1,26 @@
+"""Ingest settings (environment prefix ``SCRIBE_INGEST_``)."""
+
+from __future__ import annotations
+
+import tempfile
+
+from pydantic import Field
+
+from scribe_libs.config import ServiceSettings, service_config
+
+
+class Settings(ServiceSettings):
+    """Ingest configuration. Sizes in bytes, durations in seconds."""
+
+    model_config = service_config("SCRIBE_INGEST_")
+
+    port: int = Field(50051, description="gRPC port; 0 picks a free one.")
+    default_model: str = Field("base", description="Model used when a JobSpec names none.")
+    pools: dict[str, list[str]] = Field(
+        default_factory=lambda: {"cpu": ["base", "tiny.en"]},
+        description="Configured pools and the models each serves (JSON). A job for a model only a "
+        "configured pool serves waits in that pool's queue even while no worker is live.",
+    )
+    max_audio_bytes: int = Field(2 * 1024**3, description="Largest accepted upload, bytes (2 GiB).")
+    max_audio_seconds: float = Field(4 * 3600.0, description="Longest accepted audio, seconds (4 h).")
+    upload_dir: str = Field(tempfile.gettempdir(), description="Where uploads are spooled while they stream in.")

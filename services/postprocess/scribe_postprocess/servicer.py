@@ -1,0 +1,150 @@
+"""The post-processing loop: raw transcript in, final outputs out, job COMPLETED.
+
+Consumes ``scribe.postprocess`` (work-queue stream SCRIBE_POSTPROCESS) with the durable
+consumer ``postprocess``. For each message: read ``<job_id>/raw.json`` from ``scribe-results``,
+write ``<job_id>/transcript.{json,txt,srt,vtt}``, then mark the job COMPLETED (compare-and-set)
+and ack. A redelivery rewrites the same keys. The service exposes gRPC health only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
+from opentelemetry import trace
+
+from scribe.v1 import jobs_pb2, transcript_pb2
+from scribe_libs import bus as busmod
+from scribe_libs.formats import render, transcript_from_json
+from scribe_libs.jobs import RESULTS_BUCKET, JobNotFound, JobStore, is_terminal, transcript_key
+from scribe_libs.logs import job_context
+from scribe_libs.objectstore import ObjectNotFound, ObjectStore, open_store
+from scribe_libs.server import GrpcServer, start_grpc_server
+from scribe_libs.telemetry import extract_context
+from scribe_postprocess.config import Settings
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+S = jobs_pb2.JobState
+CONSUMER = "postprocess"
+#: Every format written, with its file extension.
+OUTPUTS = {
+    "json": transcript_pb2.TRANSCRIPT_FORMAT_JSON,
+    "txt": transcript_pb2.TRANSCRIPT_FORMAT_TXT,
+    "srt": transcript_pb2.TRANSCRIPT_FORMAT_SRT,
+    "vtt": transcript_pb2.TRANSCRIPT_FORMAT_VTT,
+}
+
+
+class Postprocessor:
+    """Turns PostprocessTasks into final transcripts."""
+
+    def __init__(self, settings: Settings, bus: busmod.Bus, store: ObjectStore):
+        self.settings = settings
+        self.bus = bus
+        self.store = store
+        self.jobs = JobStore(bus)
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Fetch and handle messages until :meth:`stop`."""
+        sub = await self.bus.js.pull_subscribe(
+            busmod.POSTPROCESS_SUBJECT,
+            durable=CONSUMER,
+            stream=busmod.POSTPROCESS_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.settings.ack_wait_seconds,
+                max_deliver=self.settings.max_deliver,
+            ),
+        )
+        while not self._stopping.is_set():
+            try:
+                msgs = await sub.fetch(1, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.ConnectionClosedError:
+                break
+            for msg in msgs:
+                await self.handle(msg)
+
+    def stop(self) -> None:
+        """Stop after the message in hand."""
+        self._stopping.set()
+
+    async def handle(self, msg: Msg) -> None:
+        """Process one message; always ends in ack, nak or term."""
+        task = busmod.parse(jobs_pb2.PostprocessTask, msg.data)
+        delivered = int(msg.metadata.num_delivered or 1)
+        with (
+            job_context(task.job_id),
+            tracer.start_as_current_span("postprocess", context=extract_context(msg.headers)),
+        ):
+            try:
+                await self._process(task)
+                await msg.ack()
+            except JobNotFound:
+                await msg.term()
+            except Exception as exc:  # noqa: BLE001 - retried, then FAILED
+                if isinstance(exc, ObjectNotFound) or delivered >= self.settings.max_deliver:
+                    log.exception("post-processing failed for good")
+                    await self._fail(task.job_id, f"{type(exc).__name__}: {exc}")
+                    await msg.term()
+                else:
+                    log.exception("post-processing failed; will be redelivered")
+                    await msg.nak(delay=2.0)
+
+    async def _process(self, task: jobs_pb2.PostprocessTask) -> None:
+        job = await self.jobs.get(task.job_id)
+        if is_terminal(job):
+            return
+        raw = await self.store.get_bytes(RESULTS_BUCKET, task.raw_key)
+        transcript = transcript_from_json(raw)
+        keys = []
+        for extension, fmt in OUTPUTS.items():
+            content, content_type = render(transcript, fmt)
+            key = transcript_key(task.job_id, extension)
+            await self.store.put_bytes(RESULTS_BUCKET, key, content, content_type)
+            keys.append(key)
+
+        def complete(record: jobs_pb2.Job) -> None:
+            del record.result_keys[:]
+            record.result_keys.extend(keys)
+
+        await self.jobs.transition(task.job_id, S.JOB_STATE_COMPLETED, complete)
+        log.info("job completed", extra={"segments": len(transcript.segments)})
+
+    async def _fail(self, job_id: str, message: str) -> None:
+        def edit(record: jobs_pb2.Job) -> None:
+            record.error_reason = "POSTPROCESSING_FAILED"
+            record.error_message = message
+
+        with contextlib.suppress(JobNotFound):
+            job = await self.jobs.get(job_id)
+            if not is_terminal(job):
+                await self.jobs.transition(job_id, S.JOB_STATE_FAILED, edit)
+
+
+async def create_server(settings: Settings) -> GrpcServer:
+    """Connect, declare buckets, start the health-only gRPC server and the loop; SERVING when consuming."""
+    bus = await busmod.connect(settings.nats, "scribe-postprocess")
+    store = open_store(settings.store)
+    await store.ensure_bucket(RESULTS_BUCKET, expiry_days=settings.retention_days)
+    server = await start_grpc_server(settings, lambda s: None, [])
+    processor = Postprocessor(settings, bus, store)
+    loop_task = asyncio.create_task(processor.run())
+
+    async def stop() -> None:
+        processor.stop()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(loop_task, timeout=settings.grace_seconds or None)
+        await bus.close()
+
+    server.on_stop.append(stop)
+    await server.set_serving(True)
+    return server

@@ -1,0 +1,3 @@
+"""scribe results: answers clients about jobs, transcripts and workers."""
+
+SERVICE_NAME = "scribe-results"

@@ -1,0 +1,19 @@
+"""Results settings (environment prefix ``SCRIBE_RESULTS_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from scribe_libs.config import ServiceSettings, service_config
+
+
+class Settings(ServiceSettings):
+    """Results configuration. Durations in seconds."""
+
+    model_config = service_config("SCRIBE_RESULTS_")
+
+    port: int = Field(50052, description="gRPC port; 0 picks a free one.")
+    watch_poll_seconds: float = Field(
+        1.0, description="While a watched job is QUEUED, how often its queue position is recomputed."
+    )
+    retention_days: int = Field(7, description="Days transcripts are kept (scribe-results lifecycle expiry).")

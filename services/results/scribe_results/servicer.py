@@ -1,0 +1,221 @@
+"""scribe.v1.Results: job state, progress, queue position and ETA, transcripts, cancel, delete.
+
+Queue position and ETA are computed at read time (scribe_libs.queue): they are facts of the
+JetStream queue and of the pool's measured real-time factor, not stored values.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+import nats.errors
+
+from scribe.v1 import jobs_pb2, results_pb2, results_pb2_grpc, transcript_pb2
+from scribe_libs import bus as busmod
+from scribe_libs.errors import FailedPrecondition, InvalidArgument
+from scribe_libs.jobs import (
+    AUDIO_BUCKET,
+    RESULTS_BUCKET,
+    JobNotFound,
+    JobStore,
+    is_terminal,
+    state_name,
+    transcript_key,
+)
+from scribe_libs.objectstore import ObjectNotFound, ObjectStore, open_store
+from scribe_libs.queue import eta_queued, eta_running, live_profiles, pool_rtf, queue_view
+from scribe_libs.server import GrpcServer, start_grpc_server
+from scribe_results.config import Settings
+
+log = logging.getLogger(__name__)
+
+S = jobs_pb2.JobState
+_EXTENSIONS = {
+    transcript_pb2.TRANSCRIPT_FORMAT_JSON: ("json", "application/json"),
+    transcript_pb2.TRANSCRIPT_FORMAT_TXT: ("txt", "text/plain; charset=utf-8"),
+    transcript_pb2.TRANSCRIPT_FORMAT_SRT: ("srt", "application/x-subrip"),
+    transcript_pb2.TRANSCRIPT_FORMAT_VTT: ("vtt", "text/vtt"),
+}
+_MAX_PAGE = 1000
+
+
+class ResultsServicer(results_pb2_grpc.ResultsServicer):
+    """Implements scribe.v1.Results."""
+
+    def __init__(self, settings: Settings, bus: busmod.Bus, store: ObjectStore):
+        self.settings = settings
+        self.bus = bus
+        self.store = store
+        self.jobs = JobStore(bus)
+
+    async def decorate(self, job: jobs_pb2.Job) -> jobs_pb2.Job:
+        """Fill the read-time fields: queue_position and eta_seconds."""
+        if job.state == S.JOB_STATE_QUEUED:
+            view = await queue_view(self.bus, job.pool, job.stream_seq or None)
+            profiles = await live_profiles(self.bus.workers, job.pool)
+            job.queue_position = view.position
+            job.eta_seconds = eta_queued(view, job.audio_duration, pool_rtf(profiles), len(profiles))
+        elif job.state == S.JOB_STATE_RUNNING:
+            profiles = await live_profiles(self.bus.workers, job.pool)
+            job.eta_seconds = eta_running(job, time.time(), pool_rtf(profiles))
+        return job
+
+    async def GetJob(  # noqa: N802 - gRPC method name
+        self, request: results_pb2.GetJobRequest, context: grpc.aio.ServicerContext
+    ) -> results_pb2.GetJobResponse:
+        """The job with its queue position and ETA."""
+        job = await self.jobs.get(request.job_id)
+        return results_pb2.GetJobResponse(job=await self.decorate(job))
+
+    async def ListJobs(  # noqa: N802 - gRPC method name
+        self, request: results_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> results_pb2.ListJobsResponse:
+        """Jobs newest first, paged by an offset token."""
+        size = min(request.page_size or 100, _MAX_PAGE)
+        try:
+            offset = int(request.page_token or 0)
+        except ValueError as exc:
+            raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not valid", field="page_token") from exc
+        jobs = await self.jobs.list()
+        if request.state:
+            jobs = [j for j in jobs if j.state == request.state]
+        jobs.sort(key=lambda j: (j.create_time.ToNanoseconds(), j.job_id), reverse=True)
+        page = jobs[offset : offset + size]
+        token = str(offset + size) if offset + size < len(jobs) else ""
+        return results_pb2.ListJobsResponse(jobs=page, next_page_token=token)
+
+    async def WatchJob(  # noqa: N802 - gRPC method name
+        self, request: results_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ):  # noqa: ANN201 - async generator of WatchJobResponse
+        """Stream the job now, then on every change of state/progress/position; end after a terminal state."""
+        job = await self.decorate(await self.jobs.get(request.job_id))
+        yield results_pb2.WatchJobResponse(job=job)
+        if is_terminal(job):
+            return
+        last = _fingerprint(job)
+        watcher = await self.bus.jobs.watch(request.job_id)
+        try:
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=self.settings.watch_poll_seconds)
+                except nats.errors.TimeoutError:
+                    entry = None
+                if entry is not None and entry.operation in ("DEL", "PURGE"):
+                    raise JobNotFound(request.job_id)
+                job = await self.decorate(await self.jobs.get(request.job_id))
+                current = _fingerprint(job)
+                if current != last:
+                    last = current
+                    yield results_pb2.WatchJobResponse(job=job)
+                if is_terminal(job):
+                    return
+        finally:
+            await watcher.stop()
+
+    async def GetTranscript(  # noqa: N802 - gRPC method name
+        self, request: results_pb2.GetTranscriptRequest, context: grpc.aio.ServicerContext
+    ) -> results_pb2.GetTranscriptResponse:
+        """The final transcript in the asked format."""
+        job = await self.jobs.get(request.job_id)
+        fmt = request.format or transcript_pb2.TRANSCRIPT_FORMAT_JSON
+        if fmt not in _EXTENSIONS:
+            raise InvalidArgument("UNKNOWN_FORMAT", f"unknown format {fmt}", field="format")
+        if job.state != S.JOB_STATE_COMPLETED:
+            raise FailedPrecondition(
+                "JOB_NOT_COMPLETED",
+                f"job {job.job_id} is {state_name(job.state)}"
+                + (f" ({job.error_reason}: {job.error_message})" if job.error_reason else ""),
+                {"state": state_name(job.state)},
+            )
+        extension, content_type = _EXTENSIONS[fmt]
+        try:
+            content = await self.store.get_bytes(RESULTS_BUCKET, transcript_key(job.job_id, extension))
+        except ObjectNotFound as exc:
+            raise JobNotFound(job.job_id) from exc  # expired by the bucket's lifecycle
+        return results_pb2.GetTranscriptResponse(format=fmt, content_type=content_type, content=content)
+
+    async def CancelJob(  # noqa: N802 - gRPC method name
+        self, request: results_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> results_pb2.CancelJobResponse:
+        """QUEUED: cancelled now, its message removed from the queue. RUNNING: the worker stops at the next chunk."""
+        job = await self.jobs.get(request.job_id)
+        if is_terminal(job):
+            raise FailedPrecondition(
+                "JOB_TERMINAL", f"job {job.job_id} is already {state_name(job.state)}", {"state": state_name(job.state)}
+            )
+
+        def request_cancel(record: jobs_pb2.Job) -> bool:
+            if is_terminal(record):
+                return False
+            record.cancel_requested = True
+            return True
+
+        job = await self.jobs.update(request.job_id, request_cancel, event="cancel_requested")
+        if job.state == S.JOB_STATE_QUEUED:
+            job = await self._cancel_queued(job)
+        return results_pb2.CancelJobResponse(job=await self.decorate(job))
+
+    async def _cancel_queued(self, job: jobs_pb2.Job) -> jobs_pb2.Job:
+        """Remove the queued message and the audio, mark CANCELLED (unless a worker took it meanwhile)."""
+
+        def cancel(record: jobs_pb2.Job) -> None:
+            record.audio_key = ""
+
+        try:
+            job = await self.jobs.transition(job.job_id, S.JOB_STATE_CANCELLED, cancel)
+        except FailedPrecondition:
+            return await self.jobs.get(job.job_id)  # it started running: the worker stops it
+        if job.stream_seq:
+            try:
+                await self.bus.js.delete_msg(busmod.JOBS_STREAM, job.stream_seq)
+            except Exception:  # noqa: BLE001 - already delivered; the worker acks it on sight
+                log.info("queued message already gone", extra={"job_id": job.job_id})
+        await self.store.delete(AUDIO_BUCKET, f"{job.job_id}/original")
+        return job
+
+    async def DeleteJob(  # noqa: N802 - gRPC method name
+        self, request: results_pb2.DeleteJobRequest, context: grpc.aio.ServicerContext
+    ) -> results_pb2.DeleteJobResponse:
+        """Remove a terminal job's record and every object it has, now."""
+        job = await self.jobs.get(request.job_id)
+        if not is_terminal(job):
+            raise FailedPrecondition(
+                "JOB_NOT_TERMINAL", f"job {job.job_id} is {state_name(job.state)}; cancel it first",
+                {"state": state_name(job.state)},
+            )
+        await self.store.delete_prefix(RESULTS_BUCKET, f"{job.job_id}/")
+        await self.store.delete_prefix(AUDIO_BUCKET, f"{job.job_id}/")
+        await self.jobs.delete(job.job_id)
+        return results_pb2.DeleteJobResponse()
+
+    async def ListWorkers(  # noqa: N802 - gRPC method name
+        self, request: results_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
+    ) -> results_pb2.ListWorkersResponse:
+        """Live worker profiles, by pool then worker id."""
+        profiles = await live_profiles(self.bus.workers, request.pool or None)
+        profiles.sort(key=lambda p: (p.pool, p.worker_id))
+        return results_pb2.ListWorkersResponse(workers=profiles)
+
+
+def _fingerprint(job: jobs_pb2.Job) -> tuple:
+    return (job.state, round(job.progress, 3), job.queue_position, job.cancel_requested)
+
+
+async def create_server(settings: Settings) -> GrpcServer:
+    """Connect, start the gRPC server, report SERVING."""
+    bus = await busmod.connect(settings.nats, "scribe-results")
+    store = open_store(settings.store)
+    await store.ensure_bucket(RESULTS_BUCKET, expiry_days=settings.retention_days)
+    await store.ensure_bucket(AUDIO_BUCKET)
+    servicer = ResultsServicer(settings, bus, store)
+    server = await start_grpc_server(
+        settings,
+        lambda s: results_pb2_grpc.add_ResultsServicer_to_server(servicer, s),
+        [results_pb2.DESCRIPTOR.services_by_name["Results"].full_name],
+    )
+    server.on_stop.append(bus.close)
+    await server.set_serving(True)
+    return server
+

@@ -1,0 +1,3 @@
+"""scribe transcriber: decodes batch jobs of its pool with faster-whisper on one device."""
+
+SERVICE_NAME = "scribe-transcriber"

@@ -1,0 +1,44 @@
+"""Transcriber settings (environment prefix ``SCRIBE_TRANSCRIBER_``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+
+from scribe_libs.config import ServiceSettings, service_config
+from scribe_libs.models import ModelSettings
+
+
+class Settings(ServiceSettings):
+    """Transcriber configuration. Durations in seconds."""
+
+    model_config = service_config("SCRIBE_TRANSCRIBER_")
+
+    port: int = Field(50053, description="gRPC port (GetProfile); 0 picks a free one.")
+    pool: str = Field("cpu", description="Pool this worker serves: it consumes scribe.jobs.<pool>.")
+    models: list[str] = Field(
+        default_factory=lambda: ["base"], description="Models loaded at start and kept resident (JSON list)."
+    )
+    device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cuda' or 'cpu'.")
+    device_index: int = Field(0, description="CUDA device index this worker owns.")
+    compute_type: str = Field("auto", description="CTranslate2 compute type; 'auto' chooses from the device.")
+    cpu_threads: int = Field(0, description="CTranslate2 intra-op threads on CPU; 0 = all cores.")
+    batch_size: int = Field(8, description="Chunks decoded together by the batched pipeline.")
+    model_store: ModelSettings = Field(default_factory=ModelSettings, description="Where models come from.")
+    ack_wait_seconds: float = Field(
+        60.0, description="JetStream ack wait; in_progress() is sent every third of it while a job runs."
+    )
+    max_deliver: int = Field(3, description="Deliveries of a job message before the job is FAILED.")
+    progress_interval_seconds: float = Field(1.0, description="Minimum seconds between progress updates.")
+    cancel_poll_seconds: float = Field(0.5, description="How often a running job's record is checked for cancel.")
+    worker_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", description="Unique id of this worker."
+    )
+    pod_name: str = Field("", description="Kubernetes pod name (downward API).")
+    pod_namespace: str = Field("", description="Kubernetes namespace (downward API).")
+    node_name: str = Field("", description="Kubernetes node name (downward API).")
+    advertise_host: str = Field(
+        default_factory=socket.gethostname, description="Host other services use to reach this worker's gRPC port."
+    )

@@ -1,0 +1,308 @@
+"""The batch worker loop: fetch a job message of the pool, decode it, hand it to postprocess.
+
+Delivery guarantees (DESIGN.md, "Data flow (batch)"):
+
+- the message is acked only after the raw transcript is in the object store, the job record says
+  POSTPROCESSING and the PostprocessTask is in JetStream;
+- while a job runs, ``in_progress()`` is sent every third of the ack wait, so a live worker keeps
+  its message and a dead one loses it to redelivery;
+- a redelivered job (its worker died) is decoded again; outputs are keyed by job id, so the
+  second run overwrites rather than duplicates; a job already POSTPROCESSING only has its
+  PostprocessTask re-sent;
+- undecodable audio is FAILED at once (``term()``); any other error is retried (``nak``) until
+  ``max_deliver``, then FAILED with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import trace
+
+from scribe.v1 import jobs_pb2
+from scribe_libs import bus as busmod
+from scribe_libs.errors import InvalidArgument
+from scribe_libs.formats import transcript_to_json
+from scribe_libs.jobs import (
+    AUDIO_BUCKET,
+    RESULTS_BUCKET,
+    JobNotFound,
+    JobStore,
+    ProgressThrottle,
+    is_terminal,
+    raw_transcript_key,
+)
+from scribe_libs.logs import job_context
+from scribe_libs.objectstore import ObjectNotFound, ObjectStore
+from scribe_libs.telemetry import extract_context
+from scribe_transcriber.config import Settings
+from scribe_transcriber.engine import Engine
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+S = jobs_pb2.JobState
+
+
+class Worker:
+    """Consumes ``scribe.jobs.<pool>`` with the pool's durable pull consumer, one job at a time."""
+
+    def __init__(self, settings: Settings, bus: busmod.Bus, store: ObjectStore, engine: Engine):
+        self.settings = settings
+        self.bus = bus
+        self.store = store
+        self.engine = engine
+        self.jobs = JobStore(bus)
+        self.current_load = 0
+        self.real_time_factor = 0.0
+        self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def run(self) -> None:
+        """Fetch and handle jobs until :meth:`stop`."""
+        pool = self.settings.pool
+        sub = await self.bus.js.pull_subscribe(
+            busmod.jobs_subject(pool),
+            durable=busmod.pool_consumer(pool),
+            stream=busmod.JOBS_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self.settings.ack_wait_seconds,
+                max_deliver=self.settings.max_deliver,
+                # Each worker holds one message at a time; this bounds the pool's in-flight jobs.
+                max_ack_pending=-1,
+            ),
+        )
+        log.info("consuming jobs", extra={"pool": pool, "consumer": busmod.pool_consumer(pool)})
+        while not self._stopping.is_set():
+            try:
+                msgs = await sub.fetch(1, timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except nats.errors.ConnectionClosedError:
+                break
+            for msg in msgs:
+                self._idle.clear()
+                try:
+                    await self.handle(msg)
+                finally:
+                    self._idle.set()
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+    async def stop(self) -> None:
+        """Stop fetching; wait for the job in hand to finish (SIGTERM drain)."""
+        self._stopping.set()
+        await self._idle.wait()
+
+    async def handle(self, msg: Msg) -> None:
+        """Process one job message; always ends in ack, nak or term."""
+        task = busmod.parse(jobs_pb2.TranscribeTask, msg.data)
+        delivered = int(msg.metadata.num_delivered or 1)
+        with (
+            job_context(task.job_id),
+            tracer.start_as_current_span("transcribe", context=extract_context(msg.headers)) as span,
+        ):
+            span.set_attribute("scribe.job_id", task.job_id)
+            try:
+                await self._handle(msg, task, delivered)
+            except InvalidArgument as exc:
+                log.warning("job failed: %s", exc.message)
+                await self._fail(task.job_id, exc.reason, exc.message)
+                await msg.term()
+            except JobNotFound:
+                log.info("job record gone (deleted); dropping its message")
+                await msg.term()
+            except Exception as exc:  # noqa: BLE001 - retried, then FAILED with the reason
+                if delivered >= self.settings.max_deliver:
+                    log.exception("job failed on its last delivery")
+                    await self._fail(
+                        task.job_id,
+                        "TRANSCRIPTION_FAILED",
+                        f"failed after {delivered} deliveries: {type(exc).__name__}: {exc}",
+                    )
+                    await msg.term()
+                else:
+                    log.exception("job attempt failed; will be redelivered", extra={"delivery": delivered})
+                    await msg.nak(delay=2.0)
+
+    async def _handle(self, msg: Msg, task: jobs_pb2.TranscribeTask, delivered: int) -> None:
+        job = await self.jobs.get(task.job_id)
+        if is_terminal(job):
+            await msg.ack()
+            return
+        if job.state == S.JOB_STATE_POSTPROCESSING:
+            # A redelivery after the raw transcript was stored: only the hand-off is missing.
+            await self._handoff(task.job_id)
+            await msg.ack()
+            return
+        if job.cancel_requested:
+            await self._finish_cancel(task.job_id)
+            await msg.ack()
+            return
+
+        def start(record: jobs_pb2.Job) -> None:
+            record.worker_id = self.settings.worker_id
+            record.delivery_count = delivered
+            record.processed_seconds = 0.0
+            record.progress = 0.0
+
+        await self.jobs.transition(task.job_id, S.JOB_STATE_RUNNING, start)
+        log.info("job running", extra={"delivery": delivered, "model": task.config.model})
+        self.current_load += 1
+        try:
+            transcript, cancelled = await self._decode(msg, task)
+        finally:
+            self.current_load -= 1
+        if cancelled:
+            await self._finish_cancel(task.job_id)
+            await msg.ack()
+            return
+        transcript.job_id = task.job_id
+        transcript.worker_id = self.settings.worker_id
+        await self.store.put_bytes(
+            RESULTS_BUCKET, raw_transcript_key(task.job_id), transcript_to_json(transcript), "application/json"
+        )
+        if transcript.duration > 0:
+            rtf = transcript.processing_seconds / transcript.duration
+            self.real_time_factor = rtf if self.real_time_factor == 0 else 0.7 * self.real_time_factor + 0.3 * rtf
+        retain = job.spec.retain_audio
+        if not retain:
+            await self.store.delete(AUDIO_BUCKET, task.audio_key)
+
+        def decoded(record: jobs_pb2.Job) -> None:
+            record.processed_seconds = transcript.duration
+            record.progress = 1.0
+            record.language = transcript.language
+            if not retain:
+                record.audio_key = ""
+
+        await self.jobs.transition(task.job_id, S.JOB_STATE_POSTPROCESSING, decoded)
+        await self._handoff(task.job_id)
+        await msg.ack()
+        log.info(
+            "job decoded",
+            extra={
+                "audio_seconds": round(transcript.duration, 3),
+                "processing_seconds": round(transcript.processing_seconds, 3),
+                "segments": len(transcript.segments),
+            },
+        )
+
+    async def _decode(self, msg: Msg, task: jobs_pb2.TranscribeTask):  # noqa: ANN202
+        cancelled = threading.Event()
+        loop = asyncio.get_running_loop()
+        progress: asyncio.Queue[tuple[float, float]] = asyncio.Queue()
+
+        def on_progress(processed: float, total: float) -> None:
+            loop.call_soon_threadsafe(progress.put_nowait, (processed, total))
+
+        with tempfile.TemporaryDirectory(prefix="scribe-job-") as tmp:
+            path = Path(tmp) / "audio"
+            try:
+                await self.store.get_file(AUDIO_BUCKET, task.audio_key, path)
+            except ObjectNotFound as exc:
+                raise InvalidArgument("AUDIO_MISSING", f"the job's audio {task.audio_key} is gone") from exc
+            decode = asyncio.ensure_future(
+                asyncio.to_thread(
+                    self.engine.transcribe,
+                    path,
+                    task.config,
+                    batch_size=self.settings.batch_size,
+                    on_progress=on_progress,
+                    cancelled=cancelled,
+                )
+            )
+            helpers = [
+                asyncio.create_task(self._heartbeat(msg)),
+                asyncio.create_task(self._watch_cancel(task.job_id, cancelled)),
+                asyncio.create_task(self._report_progress(task.job_id, progress)),
+            ]
+            try:
+                return await decode
+            finally:
+                cancelled.set()  # stops the thread if we are unwinding on an error
+                for helper in helpers:
+                    helper.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        interval = max(self.settings.ack_wait_seconds / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            await msg.in_progress()
+
+    async def _watch_cancel(self, job_id: str, cancelled: threading.Event) -> None:
+        while not cancelled.is_set():
+            await asyncio.sleep(self.settings.cancel_poll_seconds)
+            try:
+                job = await self.jobs.get(job_id)
+            except JobNotFound:
+                job = None  # deleted while running: stop as for a cancel
+            if job is None or job.cancel_requested or is_terminal(job):
+                log.info("cancel requested; stopping at the next chunk boundary")
+                cancelled.set()
+                return
+
+    async def _report_progress(self, job_id: str, progress: asyncio.Queue[tuple[float, float]]) -> None:
+        throttle = ProgressThrottle(self.settings.progress_interval_seconds)
+        started = time.monotonic()
+        while True:
+            processed, total = await progress.get()
+            while not progress.empty():
+                processed, total = progress.get_nowait()
+            if not throttle.ready():
+                continue
+
+            def update(record: jobs_pb2.Job, processed: float = processed, total: float = total) -> bool:
+                if record.state != S.JOB_STATE_RUNNING:
+                    return False
+                record.processed_seconds = processed
+                record.progress = min(processed / total, 1.0) if total > 0 else 0.0
+                return True
+
+            await self.jobs.update(job_id, update, event="progress")
+            log.debug("progress", extra={"processed": processed, "elapsed": time.monotonic() - started})
+
+    async def _handoff(self, job_id: str) -> None:
+        await self.bus.publish(
+            busmod.POSTPROCESS_SUBJECT, jobs_pb2.PostprocessTask(job_id=job_id, raw_key=raw_transcript_key(job_id))
+        )
+
+    async def _finish_cancel(self, job_id: str) -> None:
+        """Remove the job's audio and partial outputs, then mark it CANCELLED."""
+        job = await self.jobs.get(job_id)
+        if job.audio_key:
+            await self.store.delete(AUDIO_BUCKET, job.audio_key)
+        await self.store.delete_prefix(RESULTS_BUCKET, f"{job_id}/")
+
+        def clear(record: jobs_pb2.Job) -> None:
+            record.audio_key = ""
+            del record.result_keys[:]
+
+        if not is_terminal(job):
+            await self.jobs.transition(job_id, S.JOB_STATE_CANCELLED, clear)
+        log.info("job cancelled")
+
+    async def _fail(self, job_id: str, reason: str, message: str) -> None:
+        def edit(record: jobs_pb2.Job) -> None:
+            record.error_reason = reason
+            record.error_message = message
+
+        with contextlib.suppress(JobNotFound):
+            job = await self.jobs.get(job_id)
+            if not is_terminal(job):
+                await self.jobs.transition(job_id, S.JOB_STATE_FAILED, edit)
+            if job.audio_key and not job.spec.retain_audio:
+                await self.store.delete(AUDIO_BUCKET, job.audio_key)
