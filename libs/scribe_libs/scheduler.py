@@ -1,0 +1,212 @@
+"""Routing of batch jobs to pools (DESIGN.md, "Device profiles and pools"). A library, no process.
+
+Workers write their ``WorkerProfile`` to the ``scribe_workers`` bucket every few seconds; a
+profile older than the TTL is a dead worker. :func:`pools_from` groups the live profiles (plus
+the pools named in configuration, which stay eligible with no live worker: the job then waits in
+its queue) into :class:`PoolView` s; :func:`choose_pool` sends a job to the pool that can run its
+model and will finish it soonest.
+
+Formulas (seconds; RTF = processing seconds / audio seconds, lower is faster):
+
+* expected wait = backlog audio seconds x RTF / live workers: the pool's workers drain its
+  queue in parallel. A pool with no live worker waits :data:`NO_LIVE_WORKER_WAIT_SECONDS` plus
+  that, so it ranks after every live pool but keeps its order among dead ones.
+* expected completion = expected wait + job audio seconds x RTF: the job itself runs on one
+  worker. Pools are ranked by completion, then by name; with ``job_audio_seconds=0`` this is the
+  ranking by expected wait alone.
+* ETA of a queued job (:func:`eta_seconds`) = audio seconds ahead of it x RTF / live workers +
+  its own audio seconds x RTF.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from scribe.v1 import transcriber_pb2
+from scribe_libs.devices import canonical_model
+from scribe_libs.errors import FailedPrecondition
+
+#: Wait assumed for a configured pool with no live worker: larger than any real backlog.
+NO_LIVE_WORKER_WAIT_SECONDS = 1e9
+
+
+@dataclass(frozen=True)
+class PoolView:
+    """One pool as the router sees it at one moment.
+
+    Attributes:
+        name: Pool name (the ``scribe.jobs.<pool>`` subject suffix).
+        models: Canonical model names the pool serves: configured ones plus those its live
+            workers have loaded.
+        live_workers: Profiles updated within the TTL.
+        rtf: Mean measured real-time factor of the live workers that have one (> 0), else the
+            configured default.
+        rtf_measured: Whether ``rtf`` comes from measurements.
+        backlog_audio_seconds: Audio seconds queued or running in the pool (from the caller).
+        configured: Named in configuration (eligible even with no live worker).
+    """
+
+    name: str
+    models: frozenset[str]
+    live_workers: tuple[transcriber_pb2.WorkerProfile, ...] = ()
+    rtf: float = 1.0
+    rtf_measured: bool = False
+    backlog_audio_seconds: float = 0.0
+    configured: bool = False
+
+    @property
+    def live_count(self) -> int:
+        """Number of live workers."""
+        return len(self.live_workers)
+
+    def with_backlog(self, audio_seconds: float) -> PoolView:
+        """A copy with another backlog."""
+        return replace(self, backlog_audio_seconds=audio_seconds)
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    """Where a job goes.
+
+    Attributes:
+        pool: The chosen pool.
+        expected_wait_seconds: Until a worker of the pool starts the job.
+        expected_completion_seconds: Until the job's transcription ends (wait + own processing).
+        reason: Human-readable why, naming the runner-up.
+    """
+
+    pool: str
+    expected_wait_seconds: float
+    expected_completion_seconds: float
+    reason: str
+
+
+def _timestamp_seconds(profile: transcriber_pb2.WorkerProfile) -> float | None:
+    if not profile.HasField("update_time"):
+        return None
+    return profile.update_time.seconds + profile.update_time.nanos / 1e9
+
+
+def pools_from(
+    profiles: Iterable[transcriber_pb2.WorkerProfile],
+    configured: Mapping[str, Sequence[str]],
+    now: float,
+    ttl_seconds: float,
+    default_rtf: float,
+    backlog_audio_seconds: Mapping[str, float] | None = None,
+) -> list[PoolView]:
+    """Group profiles into pools.
+
+    Args:
+        profiles: Current entries of the ``scribe_workers`` bucket (stale ones are dropped here,
+            so a bucket whose TTL purge lags still routes correctly).
+        configured: Pool name -> models it serves, from configuration.
+        now: Current time, Unix seconds.
+        ttl_seconds: A profile whose ``update_time`` is older than this is a dead worker.
+        default_rtf: RTF of a pool none of whose live workers has measured one yet.
+        backlog_audio_seconds: Pool name -> queued/running audio seconds (missing = 0).
+
+    Returns:
+        Pools sorted by name: every configured pool, and every pool with a live worker.
+    """
+    backlog = backlog_audio_seconds or {}
+    live: dict[str, list[transcriber_pb2.WorkerProfile]] = {}
+    for profile in profiles:
+        updated = _timestamp_seconds(profile)
+        if updated is None or now - updated > ttl_seconds:
+            continue
+        live.setdefault(profile.pool or "default", []).append(profile)
+    out = []
+    for name in sorted(set(configured) | set(live)):
+        workers = live.get(name, [])
+        models = {canonical_model(m) for m in configured.get(name, ())}
+        models |= {canonical_model(m) for w in workers for m in w.models_loaded}
+        measured = [w.real_time_factor for w in workers if w.real_time_factor > 0]
+        out.append(
+            PoolView(
+                name=name,
+                models=frozenset(models),
+                live_workers=tuple(workers),
+                rtf=sum(measured) / len(measured) if measured else default_rtf,
+                rtf_measured=bool(measured),
+                backlog_audio_seconds=float(backlog.get(name, 0.0)),
+                configured=name in configured,
+            )
+        )
+    return out
+
+
+def expected_wait_seconds(backlog_audio_seconds: float, rtf: float, live_workers: int) -> float:
+    """Seconds until a worker starts a job queued now: backlog x RTF / live workers.
+
+    With no live worker: :data:`NO_LIVE_WORKER_WAIT_SECONDS` + backlog x RTF (finite, ordered).
+    """
+    drain = backlog_audio_seconds * rtf
+    if live_workers <= 0:
+        return NO_LIVE_WORKER_WAIT_SECONDS + drain
+    return drain / live_workers
+
+
+def eta_seconds(audio_seconds_ahead: float, job_audio_seconds: float, rtf: float, live_workers: int) -> float:
+    """Seconds until a queued job is transcribed: ahead x RTF / live workers + own audio x RTF.
+
+    Args:
+        audio_seconds_ahead: Audio seconds of the jobs before it in its pool's queue (and running).
+        job_audio_seconds: The job's own audio duration.
+        rtf: The pool's real-time factor.
+        live_workers: Live workers of the pool; 0 gives ``float("inf")`` (no ETA can be given).
+    """
+    if live_workers <= 0:
+        return float("inf")
+    return audio_seconds_ahead * rtf / live_workers + job_audio_seconds * rtf
+
+
+def _describe(pools: Sequence[PoolView]) -> str:
+    parts = []
+    for pool in pools:
+        state = f"{pool.live_count} live" if pool.live_count else "configured, no live worker"
+        parts.append(f"{pool.name} ({state}): {', '.join(sorted(pool.models)) or 'no models'}")
+    return "; ".join(parts) or "no pools"
+
+
+def choose_pool(model: str, pools: Sequence[PoolView], job_audio_seconds: float = 0.0) -> RoutingDecision:
+    """The pool that can run ``model`` and is expected to finish the job soonest.
+
+    Eligible: pools that serve the model and have a live worker or are configured. Ranked by
+    expected completion (see the module docstring), ties broken by pool name.
+
+    Args:
+        model: Requested model (aliases such as ``"turbo"`` resolved).
+        pools: From :func:`pools_from`.
+        job_audio_seconds: The job's audio duration (0 ranks by expected wait alone).
+
+    Raises:
+        FailedPrecondition: reason ``NO_POOL_FOR_MODEL`` when no live or configured pool serves
+            the model; the message lists which pools serve which models.
+    """
+    wanted = canonical_model(model)
+    ranked = []
+    for pool in pools:
+        if wanted not in pool.models or not (pool.live_count or pool.configured):
+            continue
+        wait = expected_wait_seconds(pool.backlog_audio_seconds, pool.rtf, pool.live_count)
+        ranked.append((wait + job_audio_seconds * pool.rtf, pool.name, wait, pool))
+    if not ranked:
+        raise FailedPrecondition(
+            "NO_POOL_FOR_MODEL",
+            f"no live or configured pool serves model {model!r}; pools: {_describe(pools)}",
+            metadata={
+                "model": model,
+                "pools": ";".join(f"{p.name}={','.join(sorted(p.models))}" for p in pools),
+            },
+        )
+    ranked.sort(key=lambda r: (r[0], r[1]))
+    completion, name, wait, pool = ranked[0]
+    reason = (
+        f"{name}: expected wait {wait:.1f} s (backlog {pool.backlog_audio_seconds:.1f} s x RTF {pool.rtf:.3f} / "
+        f"{pool.live_count} live), done in {completion:.1f} s"
+    )
+    if len(ranked) > 1:
+        reason += f"; next best {ranked[1][1]} done in {ranked[1][0]:.1f} s"
+    return RoutingDecision(pool=name, expected_wait_seconds=wait, expected_completion_seconds=completion, reason=reason)
