@@ -1,0 +1,266 @@
+{{/*
+Names, labels and the small shared pieces every workload template uses.
+*/}}
+
+{{- define "scribe.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-qualified base name, e.g. "scribe" for release "scribe", "prod-scribe" for "prod". */}}
+{{- define "scribe.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "scribe.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The services of the platform: values key -> resource name and the SCRIBE_<SERVICE>_ env prefix.
+The transcriber is listed for naming only; its Deployments are rendered per pool.
+*/}}
+{{- define "scribe.serviceTable" -}}
+ingest: {name: ingest, env: INGEST}
+results: {name: results, env: RESULTS}
+postprocess: {name: postprocess, env: POSTPROCESS}
+streamGateway: {name: stream-gateway, env: STREAM_GATEWAY}
+transcriber: {name: transcriber, env: TRANSCRIBER}
+{{- end }}
+
+{{/* Stateless services (one Deployment + Service + HPA each), in render order. */}}
+{{- define "scribe.statelessKeys" -}}
+ingest results postprocess streamGateway
+{{- end }}
+
+{{/* Full resource name of a component: (dict "root" $ "name" "ingest") -> "scribe-ingest". */}}
+{{- define "scribe.componentName" -}}
+{{- printf "%s-%s" (include "scribe.fullname" .root) .name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "scribe.labels" -}}
+helm.sh/chart: {{ include "scribe.chart" . }}
+app.kubernetes.io/name: {{ include "scribe.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: scribe
+{{- end }}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "ingest"). */}}
+{{- define "scribe.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "scribe.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Image reference: (dict "root" $ "image" .Values.ingest.image). Digest wins over tag. */}}
+{{- define "scribe.image" -}}
+{{- $registry := .root.Values.image.registry -}}
+{{- $repo := .image.repository -}}
+{{- if $registry }}{{ $repo = printf "%s/%s" (trimSuffix "/" $registry) $repo }}{{ end -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" $repo .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .root.Chart.AppVersion (default .root.Values.image.tag .image.tag)) -}}
+{{- end -}}
+{{- end }}
+
+{{/* Name the official NATS chart gives its Service (its fullname rule, alias "nats"). */}}
+{{- define "scribe.natsFullname" -}}
+{{- if contains "nats" .Release.Name }}{{ .Release.Name | trunc 63 | trimSuffix "-" }}{{ else }}{{ printf "%s-nats" .Release.Name | trunc 63 | trimSuffix "-" }}{{ end }}
+{{- end }}
+
+{{/* Name the official MinIO chart gives its Service and generated Secret. */}}
+{{- define "scribe.minioFullname" -}}
+{{- if contains "minio" .Release.Name }}{{ .Release.Name | trunc 63 | trimSuffix "-" }}{{ else }}{{ printf "%s-minio" .Release.Name | trunc 63 | trimSuffix "-" }}{{ end }}
+{{- end }}
+
+{{/* nats://host:port the services connect to. */}}
+{{- define "scribe.natsUrl" -}}
+{{- if .Values.nats.enabled -}}
+nats://{{ include "scribe.natsFullname" . }}.{{ .Release.Namespace }}.svc:4222
+{{- else -}}
+{{ .Values.nats.url }}
+{{- end -}}
+{{- end }}
+
+{{/* host:port of the S3 endpoint. */}}
+{{- define "scribe.objectStoreEndpoint" -}}
+{{- if .Values.minio.enabled -}}
+{{ include "scribe.minioFullname" . }}.{{ .Release.Namespace }}.svc:9000
+{{- else -}}
+{{ .Values.objectStore.endpoint }}
+{{- end -}}
+{{- end }}
+
+{{/* Secret name/keys holding the S3 credentials, as a YAML dict {name, accessKey, secretKey}. */}}
+{{- define "scribe.objectStoreSecret" -}}
+{{- if .Values.minio.enabled -}}
+name: {{ default (include "scribe.minioFullname" .) .Values.minio.existingSecret }}
+accessKey: rootUser
+secretKey: rootPassword
+{{- else -}}
+name: {{ .Values.objectStore.existingSecret }}
+accessKey: {{ .Values.objectStore.accessKeyKey }}
+secretKey: {{ .Values.objectStore.secretKeyKey }}
+{{- end -}}
+{{- end }}
+
+{{/* Secret holding the hashed API keys file. */}}
+{{- define "scribe.authSecretName" -}}
+{{- default (printf "%s-api-keys" (include "scribe.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+
+{{/*
+Shutdown budget of one workload: (dict "root" $ "cfg" <service or pool values>).
+Per-workload `shutdown.*` keys override `common.shutdown.*` (hasKey, so 0 overrides too).
+Returns YAML: {preStop, drain, grace, margin, total} in seconds, where
+total = preStop + drain + grace + margin is the pod's terminationGracePeriodSeconds:
+  preStop: kubelet sleeps before sending SIGTERM (endpoint removal propagates meanwhile);
+  drain:   the service reports NOT_SERVING and keeps serving this long (SCRIBE_<S>_DRAIN_SECONDS);
+  grace:   grpc server.stop(grace) lets in-flight calls finish (SCRIBE_<S>_GRACE_SECONDS);
+  margin:  NATS drain and telemetry flush after the server stopped.
+*/}}
+{{- define "scribe.shutdown" -}}
+{{- $common := .root.Values.common.shutdown -}}
+{{- $own := default dict .cfg.shutdown -}}
+{{- $out := dict -}}
+{{- range $k := list "preStopSleepSeconds" "drainSeconds" "graceSeconds" "marginSeconds" -}}
+{{- $_ := set $out $k (int (ternary (index $own $k) (index $common $k) (hasKey $own $k))) -}}
+{{- end -}}
+preStop: {{ $out.preStopSleepSeconds }}
+drain: {{ $out.drainSeconds }}
+grace: {{ $out.graceSeconds }}
+margin: {{ $out.marginSeconds }}
+total: {{ add $out.preStopSleepSeconds $out.drainSeconds $out.graceSeconds $out.marginSeconds }}
+{{- end }}
+
+{{/*
+Environment shared by every scribe service: (dict "root" $ "prefix" "SCRIBE_INGEST_" "cfg" <values> "sd" <shutdown dict>).
+*/}}
+{{- define "scribe.commonEnv" -}}
+{{- $root := .root -}}
+{{- $p := .prefix -}}
+{{- $store := include "scribe.objectStoreSecret" $root | fromYaml -}}
+- name: {{ $p }}PORT
+  value: {{ .cfg.port | quote }}
+- name: {{ $p }}METRICS_PORT
+  value: {{ $root.Values.common.metrics.port | quote }}
+- name: {{ $p }}LOG_LEVEL
+  value: {{ default $root.Values.common.logLevel .cfg.logLevel | quote }}
+# Shutdown: with preStop and terminationGracePeriodSeconds (see the pod spec).
+- name: {{ $p }}DRAIN_SECONDS
+  value: {{ .sd.drain | quote }}
+- name: {{ $p }}GRACE_SECONDS
+  value: {{ .sd.grace | quote }}
+- name: {{ $p }}NATS__URL
+  value: {{ include "scribe.natsUrl" $root | quote }}
+- name: {{ $p }}STORE__KIND
+  value: "s3"
+- name: {{ $p }}STORE__ENDPOINT
+  value: {{ include "scribe.objectStoreEndpoint" $root | quote }}
+- name: {{ $p }}STORE__SECURE
+  value: {{ ternary "false" ($root.Values.objectStore.secure | toString) $root.Values.minio.enabled | quote }}
+{{- if $root.Values.objectStore.region }}
+- name: {{ $p }}STORE__REGION
+  value: {{ $root.Values.objectStore.region | quote }}
+{{- end }}
+- name: {{ $p }}STORE__ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $store.name }}
+      key: {{ $store.accessKey }}
+- name: {{ $p }}STORE__SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $store.name }}
+      key: {{ $store.secretKey }}
+- name: {{ $p }}AUTH__KEYS_FILE
+  value: {{ printf "%s/%s" $root.Values.auth.mountPath $root.Values.auth.secretKey | quote }}
+{{- with $root.Values.common.otel.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .component | quote }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "service.namespace=%s,k8s.namespace.name=%s" (include "scribe.fullname" $root) $root.Release.Namespace | quote }}
+{{- with $root.Values.common.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- with .cfg.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes every scribe pod has: writable /tmp (root filesystem is read-only) and the API keys. */}}
+{{- define "scribe.commonVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.common.tmpSizeLimit }}
+- name: api-keys
+  secret:
+    secretName: {{ include "scribe.authSecretName" . }}
+    defaultMode: 0440
+{{- end }}
+
+{{- define "scribe.commonVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: api-keys
+  mountPath: {{ .Values.auth.mountPath }}
+  readOnly: true
+{{- end }}
+
+{{/* Native gRPC probes: (dict "port" 50051 "probes" <probes values>). */}}
+{{- define "scribe.grpcProbes" -}}
+{{- $port := .port -}}
+{{- range $kind := list "startup" "readiness" "liveness" }}
+{{ $kind }}Probe:
+  grpc:
+    port: {{ $port }}
+    service: {{ (index $.probes $kind).service | default "" | quote }}
+  periodSeconds: {{ (index $.probes $kind).periodSeconds }}
+  timeoutSeconds: {{ (index $.probes $kind).timeoutSeconds }}
+  failureThreshold: {{ (index $.probes $kind).failureThreshold }}
+  {{- if ne $kind "startup" }}
+  successThreshold: 1
+  {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Ports every scribe container exposes. */}}
+{{- define "scribe.containerPorts" -}}
+- name: grpc
+  containerPort: {{ .port }}
+  protocol: TCP
+- name: metrics
+  containerPort: {{ .metricsPort }}
+  protocol: TCP
+{{- end }}
+
+{{/* Prometheus scrape annotations for pods. */}}
+{{- define "scribe.scrapeAnnotations" -}}
+{{- if .Values.metrics.scrapeAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.common.metrics.port | quote }}
+prometheus.io/path: {{ .Values.common.metrics.path | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Checksum of the configuration a scribe pod reads, so a change rolls the pods. */}}
+{{- define "scribe.configChecksum" -}}
+{{- $parts := list (toYaml .Values.common) (toYaml .Values.objectStore) (toYaml .Values.nats.url) (toYaml .Values.auth.existingSecret) -}}
+{{- if .Values.auth.rollOnChange }}{{ $parts = append $parts (toYaml .Values.auth.keysFile) }}{{ end -}}
+{{- join "\n" $parts | sha256sum -}}
+{{- end }}

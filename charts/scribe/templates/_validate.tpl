@@ -1,0 +1,119 @@
+{{/*
+Cross-field checks that values.schema.json cannot express. Each failed check adds one line
+that names the value and says what to do; all lines are reported together, e.g.
+
+  scribe: invalid values:
+    - transcriber.pools.l4: gpu is true but resources.limits."nvidia.com/gpu" is missing; set it to 1 (one pod per GPU)
+*/}}
+{{- define "scribe.validateValues" -}}
+{{- $errs := list -}}
+{{- $v := .Values -}}
+
+{{- /* Messaging and storage: embedded dependency or external endpoint. */ -}}
+{{- if and (not $v.nats.enabled) (not $v.nats.url) -}}
+{{- $errs = append $errs "nats.enabled is false but nats.url is empty; set nats.url (e.g. nats://nats.messaging.svc:4222) or enable the embedded NATS" -}}
+{{- end -}}
+{{- if and $v.nats.url (not (hasPrefix "nats://" $v.nats.url)) (not (hasPrefix "tls://" $v.nats.url)) -}}
+{{- $errs = append $errs (printf "nats.url %q must start with nats:// or tls://" $v.nats.url) -}}
+{{- end -}}
+{{- if not $v.minio.enabled -}}
+{{- if not $v.objectStore.endpoint -}}
+{{- $errs = append $errs "minio.enabled is false but objectStore.endpoint is empty; set objectStore.endpoint (host:port of your S3 service) or enable the embedded MinIO" -}}
+{{- else if or (contains "://" $v.objectStore.endpoint) (contains "/" $v.objectStore.endpoint) -}}
+{{- $errs = append $errs (printf "objectStore.endpoint %q must be host:port without a scheme or path; use objectStore.secure for https" $v.objectStore.endpoint) -}}
+{{- end -}}
+{{- if not $v.objectStore.existingSecret -}}
+{{- $errs = append $errs "minio.enabled is false but objectStore.existingSecret is empty; create a Secret with the S3 access and secret keys and name it there" -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* API keys. */ -}}
+{{- if and (not $v.auth.existingSecret) (not $v.auth.keysFile) -}}
+{{- $errs = append $errs "auth: neither auth.existingSecret nor auth.keysFile is set; every call would be refused. Put the hashed API keys file in a Secret (auth.existingSecret) or in auth.keysFile" -}}
+{{- end -}}
+
+{{- /* Shutdown budget. */ -}}
+{{- range $k := list "preStopSleepSeconds" "drainSeconds" "graceSeconds" "marginSeconds" -}}
+{{- if lt (int (index $v.common.shutdown $k)) 0 -}}
+{{- $errs = append $errs (printf "common.shutdown.%s must be >= 0" $k) -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Stateless services: autoscaling needs a CPU request to compute utilisation. */ -}}
+{{- range $key := splitList " " (include "scribe.statelessKeys" .) -}}
+{{- $svc := index $v $key -}}
+{{- if and $svc.enabled $svc.autoscaling.enabled -}}
+{{- if not (and $svc.resources $svc.resources.requests (index $svc.resources.requests "cpu")) -}}
+{{- $errs = append $errs (printf "%s.autoscaling.enabled is true but %s.resources.requests.cpu is not set; the HPA scales on CPU utilisation of the request" $key $key) -}}
+{{- end -}}
+{{- if gt (int $svc.autoscaling.minReplicas) (int $svc.autoscaling.maxReplicas) -}}
+{{- $errs = append $errs (printf "%s.autoscaling.minReplicas (%d) is greater than maxReplicas (%d)" $key (int $svc.autoscaling.minReplicas) (int $svc.autoscaling.maxReplicas)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Transcriber pools. */ -}}
+{{- if $v.transcriber.enabled -}}
+{{- $enabled := 0 -}}
+{{- range $name, $pool := $v.transcriber.pools -}}
+{{- if ne (toString $pool.enabled) "false" -}}
+{{- $enabled = add1 $enabled -}}
+{{- $limits := dict -}}
+{{- if and $pool.resources $pool.resources.limits -}}{{- $limits = $pool.resources.limits -}}{{- end -}}
+{{- $requests := dict -}}
+{{- if and $pool.resources $pool.resources.requests -}}{{- $requests = $pool.resources.requests -}}{{- end -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $name) -}}
+{{- $errs = append $errs (printf "transcriber.pools.%s: the pool name must be a DNS label (lower-case letters, digits, '-'); it names a Deployment, a NATS subject and the scribe.dev/pool label" $name) -}}
+{{- else if gt (len $name) 30 -}}
+{{- $errs = append $errs (printf "transcriber.pools.%s: the pool name must be at most 30 characters" $name) -}}
+{{- end -}}
+{{- if $pool.gpu -}}
+{{- if not (hasKey $limits "nvidia.com/gpu") -}}
+{{- $errs = append $errs (printf "transcriber.pools.%s: gpu is true but resources.limits.\"nvidia.com/gpu\" is missing; set it to 1 (one pod per GPU)" $name) -}}
+{{- else if ne (toString (index $limits "nvidia.com/gpu")) "1" -}}
+{{- $errs = append $errs (printf "transcriber.pools.%s: resources.limits.\"nvidia.com/gpu\" is %v; a transcriber pod owns exactly one GPU, set it to 1 and scale with replicas" $name (index $limits "nvidia.com/gpu")) -}}
+{{- end -}}
+{{- if eq (toString $pool.device) "cpu" -}}
+{{- $errs = append $errs (printf "transcriber.pools.%s: gpu is true but device is \"cpu\"; use device auto or cuda" $name) -}}
+{{- end -}}
+{{- else -}}
+{{- if or (hasKey $limits "nvidia.com/gpu") (hasKey $requests "nvidia.com/gpu") -}}
+{{- $errs = append $errs (printf "transcriber.pools.%s: asks for nvidia.com/gpu but gpu is false; set gpu: true (GPU image, node selector, tolerations) or remove the GPU request" $name) -}}
+{{- end -}}
+{{- if eq (toString $pool.device) "cuda" -}}
+{{- $errs = append $errs (printf "transcriber.pools.%s: device is \"cuda\" but gpu is false; a CPU pool cannot use CUDA" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $pool.models -}}
+{{- $errs = append $errs (printf "transcriber.pools.%s: models is empty; list the models this pool loads, e.g. [large-v3]" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if eq $enabled 0 -}}
+{{- $errs = append $errs "transcriber.enabled is true but no pool in transcriber.pools is enabled; no job could ever run" -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Envoy routes. */ -}}
+{{- if $v.envoy.enabled -}}
+{{- $def := index $v $v.envoy.defaultUpstream -}}
+{{- if not (and $def $def.enabled) -}}
+{{- $errs = append $errs (printf "envoy.defaultUpstream %q is not an enabled service; pick one of ingest, results, streamGateway that is enabled" $v.envoy.defaultUpstream) -}}
+{{- end -}}
+{{- range $i, $r := $v.envoy.routes -}}
+{{- $up := index $v $r.upstream -}}
+{{- if not $up -}}
+{{- $errs = append $errs (printf "envoy.routes[%d] (%s): upstream %q is not a service of this chart" $i $r.name $r.upstream) -}}
+{{- else if not $up.enabled -}}
+{{- $errs = append $errs (printf "envoy.routes[%d] (%s): upstream %q is disabled (%s.enabled=false); remove the route or enable the service" $i $r.name $r.upstream $r.upstream) -}}
+{{- end -}}
+{{- if and (not $r.prefix) (not $r.path) -}}
+{{- $errs = append $errs (printf "envoy.routes[%d] (%s): set prefix or path" $i $r.name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- if $errs -}}
+{{- fail (printf "\n\nscribe: invalid values:\n  - %s\n" (join "\n  - " $errs)) -}}
+{{- end -}}
+{{- end }}
