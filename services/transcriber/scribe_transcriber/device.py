@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
 
+from scribe_libs.models import ModelRegistry
 from scribe_transcriber.config import Settings
+from scribe_transcriber.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +66,17 @@ def plan_device(settings: Settings) -> DevicePlan:
         memory_free_bytes=_meminfo("MemAvailable"),
         decisions=decisions,
     )
+
+
+async def load_engine(settings: Settings, plan: DevicePlan, registry: ModelRegistry) -> Engine:
+    """Resolve and load every configured model on the planned device.
+
+    Raises:
+        scribe_libs.models.ModelUnavailable: a model has no source.
+        RuntimeError: CTranslate2 could not load a model (e.g. out of memory).
+    """
+    engine = Engine(plan.device, settings.device_index, plan.compute_type, settings.cpu_threads or os.cpu_count() or 0)
+    for name in settings.models:
+        path = await registry.resolve(name)
+        await asyncio.to_thread(engine.load, name, path)
+    return engine

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from dataclasses import dataclass, field
 
 import grpc
@@ -22,7 +21,7 @@ from scribe_libs.models import ModelRegistry
 from scribe_libs.objectstore import open_store
 from scribe_libs.server import GrpcServer, start_grpc_server
 from scribe_transcriber.config import Settings
-from scribe_transcriber.device import DevicePlan, plan_device
+from scribe_transcriber.device import DevicePlan, load_engine, plan_device
 from scribe_transcriber.engine import Engine
 from scribe_transcriber.worker import Worker
 
@@ -114,14 +113,11 @@ async def create_server(settings: Settings) -> GrpcServer:
     await store.ensure_bucket(AUDIO_BUCKET)
     await store.ensure_bucket(RESULTS_BUCKET)
     registry = ModelRegistry(settings.model_store, store)
-    engine = Engine(plan.device, settings.device_index, plan.compute_type, settings.cpu_threads or os.cpu_count() or 0)
     tasks: list[asyncio.Task] = []
 
     async def start() -> None:
         try:
-            for name in settings.models:
-                path = await registry.resolve(name)
-                await asyncio.to_thread(engine.load, name, path)
+            engine = await load_engine(settings, plan, registry)
         except Exception as exc:  # noqa: BLE001 - readiness stays false with the reason
             log.error("transcriber not ready: %s", getattr(exc, "message", exc), exc_info=True)
             return

@@ -20,7 +20,6 @@ import contextlib
 import logging
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import nats.errors
@@ -30,7 +29,7 @@ from opentelemetry import trace
 
 from scribe.v1 import jobs_pb2
 from scribe_libs import bus as busmod
-from scribe_libs.errors import InvalidArgument
+from scribe_libs.errors import FailedPrecondition, InvalidArgument
 from scribe_libs.formats import transcript_to_json
 from scribe_libs.jobs import (
     AUDIO_BUCKET,
@@ -44,6 +43,7 @@ from scribe_libs.jobs import (
 from scribe_libs.logs import job_context
 from scribe_libs.objectstore import ObjectNotFound, ObjectStore
 from scribe_libs.telemetry import extract_context
+from scribe_libs.textproc import redact_transcript
 from scribe_transcriber.config import Settings
 from scribe_transcriber.engine import Engine
 
@@ -92,10 +92,17 @@ class Worker:
                 continue
             except nats.errors.ConnectionClosedError:
                 break
+            except Exception:  # noqa: BLE001 - the loop outlives a broker hiccup
+                log.warning("fetching jobs failed; retrying", exc_info=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+                continue
             for msg in msgs:
                 self._idle.clear()
                 try:
                     await self.handle(msg)
+                except Exception:  # noqa: BLE001 - unacked, the message is redelivered
+                    log.exception("handling a job message failed")
                 finally:
                     self._idle.set()
         with contextlib.suppress(Exception):
@@ -117,7 +124,9 @@ class Worker:
             span.set_attribute("scribe.job_id", task.job_id)
             try:
                 await self._handle(msg, task, delivered)
-            except InvalidArgument as exc:
+            except (InvalidArgument, FailedPrecondition) as exc:
+                # Bad audio, or a job this worker can never run (e.g. out of memory after the
+                # allowed downgrades): retrying cannot help.
                 log.warning("job failed: %s", exc.message)
                 await self._fail(task.job_id, exc.reason, exc.message)
                 await msg.term()
@@ -171,6 +180,8 @@ class Worker:
             return
         transcript.job_id = task.job_id
         transcript.worker_id = self.settings.worker_id
+        if job.spec.redact:  # before the put: clear text never reaches the object store
+            transcript = redact_transcript(transcript)
         await self.store.put_bytes(
             RESULTS_BUCKET, raw_transcript_key(task.job_id), transcript_to_json(transcript), "application/json"
         )
@@ -203,7 +214,7 @@ class Worker:
     async def _decode(self, msg: Msg, task: jobs_pb2.TranscribeTask):  # noqa: ANN202
         cancelled = threading.Event()
         loop = asyncio.get_running_loop()
-        progress: asyncio.Queue[tuple[float, float]] = asyncio.Queue()
+        progress: asyncio.Queue[tuple[float, float] | None] = asyncio.Queue()
 
         def on_progress(processed: float, total: float) -> None:
             loop.call_soon_threadsafe(progress.put_nowait, (processed, total))
@@ -224,28 +235,39 @@ class Worker:
                     cancelled=cancelled,
                 )
             )
+            # The helpers stop on `done` (and the progress queue's None), not only on cancel:
+            # Python 3.11's asyncio.wait_for can swallow a cancellation that races with a reply
+            # (fixed in 3.12), which would leave a helper running and this job never finishing.
+            done = asyncio.Event()
             helpers = [
-                asyncio.create_task(self._heartbeat(msg)),
-                asyncio.create_task(self._watch_cancel(task.job_id, cancelled)),
+                asyncio.create_task(self._heartbeat(msg, done)),
+                asyncio.create_task(self._watch_cancel(task.job_id, cancelled, done)),
                 asyncio.create_task(self._report_progress(task.job_id, progress)),
             ]
             try:
                 return await decode
             finally:
                 cancelled.set()  # stops the thread if we are unwinding on an error
-                for helper in helpers:
+                done.set()
+                progress.put_nowait(None)
+                _, pending = await asyncio.wait(helpers, timeout=10.0)
+                for helper in pending:
                     helper.cancel()
-                await asyncio.gather(*helpers, return_exceptions=True)
+                    log.warning("job helper %s did not stop; cancelled", helper.get_coro())
 
-    async def _heartbeat(self, msg: Msg) -> None:
+    async def _heartbeat(self, msg: Msg, done: asyncio.Event) -> None:
         interval = max(self.settings.ack_wait_seconds / 3, 0.5)
-        while True:
-            await asyncio.sleep(interval)
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout=interval)
+                return
             await msg.in_progress()
 
-    async def _watch_cancel(self, job_id: str, cancelled: threading.Event) -> None:
-        while not cancelled.is_set():
-            await asyncio.sleep(self.settings.cancel_poll_seconds)
+    async def _watch_cancel(self, job_id: str, cancelled: threading.Event, done: asyncio.Event) -> None:
+        while not cancelled.is_set() and not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout=self.settings.cancel_poll_seconds)
+                return
             try:
                 job = await self.jobs.get(job_id)
             except JobNotFound:
@@ -255,13 +277,15 @@ class Worker:
                 cancelled.set()
                 return
 
-    async def _report_progress(self, job_id: str, progress: asyncio.Queue[tuple[float, float]]) -> None:
+    async def _report_progress(self, job_id: str, progress: asyncio.Queue[tuple[float, float] | None]) -> None:
         throttle = ProgressThrottle(self.settings.progress_interval_seconds)
-        started = time.monotonic()
         while True:
-            processed, total = await progress.get()
-            while not progress.empty():
-                processed, total = progress.get_nowait()
+            item = await progress.get()
+            while item is not None and not progress.empty():
+                item = progress.get_nowait()
+            if item is None:
+                return
+            processed, total = item
             if not throttle.ready():
                 continue
 
@@ -273,7 +297,6 @@ class Worker:
                 return True
 
             await self.jobs.update(job_id, update, event="progress")
-            log.debug("progress", extra={"processed": processed, "elapsed": time.monotonic() - started})
 
     async def _handoff(self, job_id: str) -> None:
         await self.bus.publish(
