@@ -182,9 +182,29 @@ class Stack:
     more service instance (e.g. a transcriber after jobs were queued); ``stop(name)`` drains it.
     """
 
-    def __init__(self, nats_url: str, workdir: Path):
+    #: API keys the stack knows: name -> (owner, scopes).
+    KEYS = {
+        "admin": ("ops", ["admin"]),
+        "alice": ("alice", ["jobs:write", "jobs:read", "stream"]),
+        "bob": ("bob", ["jobs:write", "jobs:read"]),
+        "alice-reader": ("alice", ["jobs:read"]),
+    }
+
+    def __init__(self, nats_url: str, workdir: Path, auth: bool = True):
         import asyncio
+        import json
         import threading
+
+        from scribe_libs.auth import generate_key
+
+        self.auth = auth
+        self.keys: dict[str, str] = {}
+        entries = []
+        for name, (owner, scopes) in self.KEYS.items():
+            self.keys[name], entry = generate_key(name, owner, scopes)
+            entries.append(entry)
+        self.keys_file = workdir / "api-keys.json"
+        self.keys_file.write_text(json.dumps({"keys": entries}))
 
         self.nats_url = nats_url
         self.workdir = workdir
@@ -212,6 +232,7 @@ class Stack:
             "grace_seconds": 2,
             "nats": {"url": self.nats_url},
             "store": {"kind": "local", "root": str(self.workdir / "objects")},
+            "auth": {"enabled": self.auth, "keys_file": str(self.keys_file)},
         }
         if service == "transcriber":
             values.update(
@@ -251,11 +272,16 @@ class Stack:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
 
-    def channel(self, name: str):  # noqa: ANN201 - grpc.Channel
-        """A new channel to an instance."""
+    def channel(self, name: str, key: str | None = "admin"):  # noqa: ANN201 - grpc.Channel
+        """A new channel to an instance that sends the API key named ``key`` (None: no key)."""
         import grpc
 
-        return grpc.insecure_channel(self.addresses[name])
+        from scribe_libs.auth import ApiKeyClientInterceptor
+
+        channel = grpc.insecure_channel(self.addresses[name])
+        if key is None:
+            return channel
+        return grpc.intercept_channel(channel, ApiKeyClientInterceptor(self.keys[key]))
 
 
 def wait_serving(address: str, timeout: float = 300.0) -> None:
@@ -275,8 +301,8 @@ def stack_factory(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     """Builds a :class:`Stack` (no service started yet); closed at the end of the module."""
     stacks: list[Stack] = []
 
-    def make() -> Stack:
-        stack = Stack(nats_url, tmp_path_factory.mktemp("stack"))
+    def make(auth: bool = False) -> Stack:
+        stack = Stack(nats_url, tmp_path_factory.mktemp("stack"), auth=auth)
         stacks.append(stack)
         return stack
 

@@ -15,6 +15,8 @@ speak() {  # name voice text
 
 speak speech_en en-us "The quick brown fox jumps over the lazy dog. Please transcribe this sentence for the platform test."
 speak numbers_en en-us "Call me back at five five five, one two three four, before noon tomorrow."
+# tiny.en writes "vLLM" as "V-N-R-M" (or "VLLM" when biased) and lowercases "kubernetes": the glossary test.
+speak terms_en en-us "We deploy the model on Kubernetes with vLLM."
 # A mu-law 8 kHz copy, as a call center sends it.
 sox speech_en.wav -r 8000 -e mu-law speech_en_8k_mulaw.wav
 # Not audio at all, for the bad-input tests.

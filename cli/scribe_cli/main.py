@@ -5,8 +5,12 @@ Commands:
     scribe down                                       stop it
     scribe transcribe FILE [--format txt|srt|vtt|json] [--language ko] [--model base]
                       [--hotwords "vLLM,Kubernetes"] [--prompt TEXT] [--word-timestamps] [--no-vad]
+                      [--glossary ID] [--redact]
     scribe jobs list|get ID|watch ID|cancel ID|delete ID
+    scribe glossaries list|get ID|put FILE|delete ID
     scribe workers
+    scribe keys create --id acme-2026-11 --owner acme --scopes jobs:write,jobs:read [--file api-keys.json]
+    scribe detect [--models base,tiny.en] [--compute-type auto] [--measure] [--facts t4]
 
 Exit codes: 0 success, 1 the job failed or was cancelled, 2 a gRPC error or bad usage.
 """
@@ -24,7 +28,7 @@ import grpc
 from google.protobuf import json_format
 
 from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc, transcript_pb2
-from scribe_cli import stack
+from scribe_cli import detect, glossaries, stack, stream
 from scribe_libs.errors import error_info
 
 CHUNK_BYTES = 1024 * 1024
@@ -42,7 +46,7 @@ def _state(job: jobs_pb2.Job) -> str:
 
 
 def _results() -> results_pb2_grpc.ResultsStub:
-    return results_pb2_grpc.ResultsStub(grpc.insecure_channel(stack.address_of("results")))
+    return results_pb2_grpc.ResultsStub(stack.channel("results"))
 
 
 def _requests(path: Path, spec: jobs_pb2.JobSpec) -> Iterator[ingest_pb2.CreateJobRequest]:
@@ -62,6 +66,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     for name, info in state["services"].items():
         print(f"{name:<12}{info['address']}")
     print(f"logs        {state['log_dir']}")
+    print(f"api key     {stack.home() / 'api-key'} (admin; the CLI uses it, or set SCRIBE_API_KEY)")
     return 0
 
 
@@ -110,9 +115,9 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         config.vad_filter = False
     spec = jobs_pb2.JobSpec(
         config=config, filename=path.name, request_id=args.request_id or uuid.uuid4().hex,
-        retain_audio=args.retain_audio,
+        retain_audio=args.retain_audio, glossary_ids=args.glossary or [], redact=args.redact,
     )
-    ingest = ingest_pb2_grpc.IngestStub(grpc.insecure_channel(stack.address_of("ingest")))
+    ingest = ingest_pb2_grpc.IngestStub(stack.channel("ingest"))
     reply = ingest.CreateJob(_requests(path, spec))
     job_id = reply.job.job_id
     print(f"job {job_id} {_state(reply.job)}", file=sys.stderr)
@@ -180,6 +185,37 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Create a key (printed once; its hash appended to the key file) or list the file's keys."""
+    import json
+
+    from scribe_libs.auth import generate_key
+
+    path = Path(args.file)
+    data = json.loads(path.read_text()) if path.exists() else {"keys": []}
+    if args.action == "list":
+        for entry in data["keys"]:
+            print(f"{entry['id']:<24} owner={entry.get('owner', entry['id']):<16} scopes={','.join(entry['scopes'])}")
+        return 0
+    if not args.id:
+        print("error: scribe keys create needs --id", file=sys.stderr)
+        return 2
+    if any(e["id"] == args.id for e in data["keys"]):
+        print(f"error: key id {args.id!r} already in {path}", file=sys.stderr)
+        return 2
+    try:
+        key, entry = generate_key(args.id, args.owner or args.id, [s.strip() for s in args.scopes.split(",")])
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    data["keys"].append(entry)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(key)
+    print(f"added {args.id} (owner {entry['owner']}, scopes {','.join(entry['scopes'])}) to {path}; "
+          "the key above is shown only now", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     parser = argparse.ArgumentParser(prog="scribe", description="scribe speech-to-text platform")
@@ -206,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-vad", action="store_true", help="decode without voice activity detection")
     p.add_argument("--retain-audio", action="store_true", help="keep the original audio after transcription")
     p.add_argument("--request-id", help="idempotency key (default: a new one)")
+    p.add_argument("--glossary", action="append", metavar="ID",
+                   help="stored glossary to apply (repeatable; ID or ID@VERSION)")
+    p.add_argument("--redact", action="store_true", help="replace phone, card, e-mail and RRN numbers in every output")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_transcribe)
@@ -216,9 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_jobs)
 
+    p = sub.add_parser("keys", help="create API keys (hashes go to the key file) or list them")
+    p.add_argument("action", choices=["create", "list"])
+    p.add_argument("--file", default="api-keys.json", help="key file (JSON, hashes only)")
+    p.add_argument("--id", help="key id, e.g. acme-2026-11")
+    p.add_argument("--owner", help="whose jobs the key sees (default: the id); keys of one owner share jobs")
+    p.add_argument("--scopes", default="jobs:write,jobs:read",
+                   help="comma-separated: jobs:write, jobs:read, stream, admin")
+    p.set_defaults(func=cmd_keys)
+
     p = sub.add_parser("workers", help="live worker profiles")
     p.add_argument("--pool")
     p.set_defaults(func=cmd_workers)
+
+    glossaries.add_parser(sub)
+    stream.add_parser(sub)
+    detect.add_parser(sub)
     return parser
 
 

@@ -23,7 +23,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-SERVICES = ("results", "ingest", "postprocess", "transcriber")
+from scribe_libs.auth import ApiKeyClientInterceptor, generate_key
+
+# stream_gateway: module scribe_stream_gateway, environment prefix SCRIBE_STREAM_GATEWAY_.
+SERVICES = ("results", "ingest", "postprocess", "stream_gateway", "transcriber")
 _START_TIMEOUT_SECONDS = 600.0
 _STOP_TIMEOUT_SECONDS = 30.0
 
@@ -133,8 +136,16 @@ def up(options: UpOptions) -> dict:
         _wait_for(ports_file.exists, 30, "nats-server", procs)
         nats_url = json.loads(ports_file.read_text())["nats"][0]
 
+        keys_file = root / "api-keys.json"
+        key, entry = generate_key("embedded-admin", "local", ["admin"])
+        keys_file.write_text(json.dumps({"keys": [entry]}))
+        key_file = root / "api-key"
+        key_file.touch(mode=0o600)
+        key_file.chmod(0o600)
+        key_file.write_text(key + "\n")
         common = {
             "NATS__URL": nats_url,
+            "AUTH__KEYS_FILE": str(keys_file),
             "STORE__KIND": "local",
             "STORE__ROOT": str(root / "objects"),
             "HOST": "127.0.0.1",
@@ -155,19 +166,22 @@ def up(options: UpOptions) -> dict:
         instances = [(s, s) for s in SERVICES if s != "transcriber"]
         instances += [(f"transcriber-{i}", "transcriber") for i in range(options.workers)]
         ready_files = {}
+        launches: dict[str, dict] = {}
         for name, service in instances:
             prefix = f"SCRIBE_{service.upper()}_"
-            env = dict(os.environ)
-            env.update({prefix + k: v for k, v in {**common, **specific.get(service, {})}.items()})
+            overrides = {prefix + k: v for k, v in {**common, **specific.get(service, {})}.items()}
             ready_files[name] = run_dir / f"{name}.json"
-            env[prefix + "READY_FILE"] = str(ready_files[name])
+            overrides[prefix + "READY_FILE"] = str(ready_files[name])
             if service == "transcriber":
-                env[prefix + "WORKER_ID"] = f"{os.uname().nodename}-{name}"
-            log_file = (log_dir / f"{name}.log").open("ab")
-            procs[name] = subprocess.Popen(
-                [sys.executable, "-m", f"scribe_{service}"],
-                env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-            )
+                overrides[prefix + "WORKER_ID"] = f"{os.uname().nodename}-{name}"
+            # Recorded in stack.json so that `restart(name)` re-spawns the same process.
+            launches[name] = {
+                "argv": [sys.executable, "-m", f"scribe_{service}"],
+                "env": overrides,
+                "ready_file": str(ready_files[name]),
+                "log": str(log_dir / f"{name}.log"),
+            }
+            procs[name] = _spawn(launches[name])
         addresses: dict[str, str] = {}
         for name, path in ready_files.items():
             _wait_for(path.exists, 60, f"{name} to bind its port", procs)
@@ -180,12 +194,61 @@ def up(options: UpOptions) -> dict:
     state = {
         "home": str(root),
         "nats": {"pid": procs["nats-server"].pid, "url": nats_url},
-        "services": {name: {"pid": procs[name].pid, "address": addresses[name]} for name in addresses},
+        "services": {
+            name: {"pid": procs[name].pid, "address": addresses[name], **launches[name]} for name in addresses
+        },
         "log_dir": str(log_dir),
         "models": options.models,
     }
     state_file().write_text(json.dumps(state, indent=2))
     return state
+
+
+def _spawn(launch: dict) -> subprocess.Popen:
+    """Start one service process from its recorded launch (argv, env overrides, log file)."""
+    env = dict(os.environ)
+    env.update(launch["env"])
+    with open(launch["log"], "ab") as log_file:
+        return subprocess.Popen(
+            launch["argv"], env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def restart(name: str, timeout: float = _START_TIMEOUT_SECONDS) -> dict:
+    """Re-spawn one recorded service instance (e.g. ``transcriber-1``) with its command and environment.
+
+    A still-running instance is stopped first (SIGTERM, then SIGKILL after 30 s). The new process
+    binds a new free port; ``stack.json`` is updated with its pid and address once it is SERVING.
+
+    Returns:
+        The instance's new entry of ``stack.json`` (``pid``, ``address``, ``argv``, ...).
+
+    Raises:
+        StackError: no stack or no such instance recorded, the process died, or a timeout.
+    """
+    state = load_state()
+    if state is None or name not in state["services"]:
+        raise StackError(f"no instance {name!r} in {state_file()}")
+    entry = state["services"][name]
+    if "argv" not in entry:
+        raise StackError(f"{name} was started by an older scribe that did not record its command; run `scribe up`")
+    if alive(entry["pid"]):
+        _stop_pid(entry["pid"])
+    ready = Path(entry["ready_file"])
+    ready.unlink(missing_ok=True)
+    proc = _spawn(entry)
+    try:
+        _wait_for(ready.exists, 60, f"{name} to bind its port", {name: proc})
+        address = f"127.0.0.1:{json.loads(ready.read_text())['port']}"
+        _wait_for(lambda: _healthy(address), timeout, f"{name} to become healthy", {name: proc})
+    except BaseException:
+        _terminate([proc])
+        raise
+    entry.update(pid=proc.pid, address=address)
+    state = load_state() or state
+    state["services"][name] = entry
+    state_file().write_text(json.dumps(state, indent=2))
+    return entry
 
 
 def _terminate(procs: list[subprocess.Popen]) -> None:
@@ -245,3 +308,25 @@ def address_of(service: str) -> str:
         if name == service or name.startswith(service + "-"):
             return info["address"]
     raise StackError(f"the running stack has no {service}")
+
+
+def api_key() -> str:
+    """The API key the CLI sends: ``$SCRIBE_API_KEY``, else the one ``scribe up`` generated."""
+    key = os.environ.get("SCRIBE_API_KEY", "").strip()
+    if key:
+        return key
+    path = home() / "api-key"
+    return path.read_text().strip() if path.exists() else ""
+
+
+def client_metadata() -> list[tuple[str, str]]:
+    """Metadata (gRPC) carrying the API key; empty when there is none."""
+    key = api_key()
+    return [("x-api-key", key)] if key else []
+
+
+def channel(service: str) -> grpc.Channel:
+    """A channel to ``service`` that sends the API key on every call."""
+    base = grpc.insecure_channel(address_of(service))
+    key = api_key()
+    return grpc.intercept_channel(base, ApiKeyClientInterceptor(key)) if key else base

@@ -50,6 +50,8 @@ def probe(path: Path) -> AudioInfo:
         if not container.streams.audio:
             raise InvalidArgument("NO_AUDIO_STREAM", "the upload has no audio stream", field="audio")
         stream = container.streams.audio[0]
+        if stream.codec_context is None:
+            raise InvalidArgument("UNDECODABLE_AUDIO", "no decoder for the audio codec", field="audio")
         rate = int(stream.codec_context.sample_rate or stream.rate or 0)
         channels = int(stream.codec_context.channels or 0)
         duration = 0.0
@@ -94,5 +96,52 @@ def decode_for_whisper(path: Path) -> np.ndarray:
 
     try:
         return decode_audio(str(path), sampling_rate=WHISPER_SAMPLE_RATE)
-    except (av.error.FFmpegError, ValueError) as exc:
+    except (av.error.FFmpegError, ValueError, AttributeError, IndexError) as exc:
         raise InvalidArgument("UNDECODABLE_AUDIO", f"audio could not be decoded: {exc}", field="audio") from exc
+
+
+def header_duration(path: Path) -> float | None:
+    """The duration a (possibly still incomplete) file's header states, seconds; None if unknown.
+
+    Never raises: an unreadable partial file just means "not known yet". For RIFF/WAVE the
+    header's ``data`` chunk size over the ``fmt `` byte rate is used (FFmpeg would measure only
+    the bytes present); other containers go through PyAV.
+    """
+    wav = _wav_header_duration(path)
+    if wav is not None:
+        return wav
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if container.duration:
+                return container.duration / av.time_base
+            stream = container.streams.audio[0] if container.streams.audio else None
+            if stream is not None and stream.duration and stream.time_base:
+                return float(stream.duration * stream.time_base)
+    except Exception:  # noqa: BLE001 - partial or odd files are checked again once complete
+        return None
+    return None
+
+
+def _wav_header_duration(path: Path) -> float | None:
+    """Duration stated by a RIFF/WAVE header (data chunk bytes / byte rate), or None."""
+    import struct
+
+    try:
+        with path.open("rb") as f:
+            head = f.read(64 * 1024)
+    except OSError:
+        return None
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, byte_rate = 12, 0
+    while pos + 8 <= len(head):
+        chunk_id, size = head[pos : pos + 4], struct.unpack("<I", head[pos + 4 : pos + 8])[0]
+        if chunk_id == b"fmt " and pos + 16 <= len(head):
+            byte_rate = struct.unpack("<I", head[pos + 16 : pos + 20])[0] if pos + 20 <= len(head) else 0
+        elif chunk_id == b"data":
+            # 0 and 0xFFFFFFFF mean "unknown/streaming" in practice.
+            if byte_rate > 0 and 0 < size < 0xFFFFFFFF:
+                return size / byte_rate
+            return None
+        pos += 8 + size + (size & 1)
+    return None

@@ -92,8 +92,13 @@ class Bus:
 
     async def close(self) -> None:
         """Drain the connection (pending publishes and acks are flushed)."""
-        if not self.nc.is_closed:
+        if self.nc.is_closed:
+            return
+        try:
             await self.nc.drain()
+        except Exception:  # noqa: BLE001 - drain timed out: close without waiting further
+            log.info("NATS drain timed out; closing")
+            await self.nc.close()
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -111,7 +116,14 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
 
 async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
     try:
-        return await js.key_value(config.bucket)
+        kv = await js.key_value(config.bucket)
+        stream = await js.stream_info(f"KV_{config.bucket}")
+        wanted = float(config.ttl or 0)
+        if abs(float(stream.config.max_age or 0) - wanted) > 1e-3:
+            stream.config.max_age = wanted
+            await js.update_stream(stream.config)
+            log.info("updated bucket TTL", extra={"bucket": config.bucket, "ttl_seconds": wanted})
+        return kv
     except BucketNotFoundError:
         try:
             return await js.create_key_value(config)
@@ -119,8 +131,18 @@ async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
             return await js.key_value(config.bucket)
 
 
-async def declare(js: JetStreamContext) -> tuple[KeyValue, KeyValue, KeyValue]:
-    """Declare the streams and KV buckets (idempotent). Returns (jobs, workers, glossaries) KV."""
+#: Default retention of job records (DESIGN.md: results kept 7 days).
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
+
+
+async def declare(
+    js: JetStreamContext, retention_seconds: float = DEFAULT_RETENTION_SECONDS
+) -> tuple[KeyValue, KeyValue, KeyValue]:
+    """Declare the streams and KV buckets (idempotent). Returns (jobs, workers, glossaries) KV.
+
+    Job records expire ``retention_seconds`` after their last write (the ``scribe_jobs``
+    bucket's TTL), so an expired job is NOT_FOUND everywhere.
+    """
     await _ensure_stream(
         js,
         StreamConfig(
@@ -150,7 +172,9 @@ async def declare(js: JetStreamContext) -> tuple[KeyValue, KeyValue, KeyValue]:
             discard=DiscardPolicy.OLD,
         ),
     )
-    jobs = await _ensure_kv(js, KeyValueConfig(bucket=JOBS_BUCKET, history=1, storage=StorageType.FILE))
+    jobs = await _ensure_kv(
+        js, KeyValueConfig(bucket=JOBS_BUCKET, history=1, ttl=retention_seconds, storage=StorageType.FILE)
+    )
     workers = await _ensure_kv(
         js, KeyValueConfig(bucket=WORKERS_BUCKET, history=1, ttl=WORKER_TTL_SECONDS, storage=StorageType.MEMORY)
     )
@@ -158,7 +182,9 @@ async def declare(js: JetStreamContext) -> tuple[KeyValue, KeyValue, KeyValue]:
     return jobs, workers, glossaries
 
 
-async def connect(settings: NatsSettings, name: str) -> Bus:
+async def connect(
+    settings: NatsSettings, name: str, retention_seconds: float = DEFAULT_RETENTION_SECONDS
+) -> Bus:
     """Connect to NATS, declare streams and buckets, and return the :class:`Bus`.
 
     Raises:
@@ -170,9 +196,11 @@ async def connect(settings: NatsSettings, name: str) -> Bus:
         connect_timeout=settings.connect_timeout,
         max_reconnect_attempts=settings.max_reconnect_attempts,
         allow_reconnect=True,
+        # Pending pull requests keep a drain waiting for their expiry: bound it (close() falls back).
+        drain_timeout=3,
     )
     js = nc.jetstream()
-    jobs, workers, glossaries = await declare(js)
+    jobs, workers, glossaries = await declare(js, retention_seconds)
     return Bus(nc=nc, js=js, jobs=jobs, workers=workers, glossaries=glossaries)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from scribe_libs.auth import AuthSettings
 from scribe_libs.objectstore import StoreSettings
 
 
@@ -37,6 +38,10 @@ class ServiceSettings(BaseSettings):
     )
     nats: NatsSettings = Field(default_factory=NatsSettings, description="NATS connection.")
     store: StoreSettings = Field(default_factory=StoreSettings, description="Object store.")
+    auth: AuthSettings = Field(default_factory=AuthSettings, description="API keys.")
+    retention_days: float = Field(
+        7.0, description="Days job records and transcripts are kept (KV TTL, bucket lifecycle, local sweeper)."
+    )
 
 
 def service_config(prefix: str) -> SettingsConfigDict:

@@ -17,9 +17,10 @@ import uuid
 from collections.abc import Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from scribe.v1 import jobs_pb2
+from scribe_libs import metrics
 from scribe_libs.bus import Bus, event_subject
 from scribe_libs.errors import FailedPrecondition, NotFound
 
@@ -209,7 +210,10 @@ class JobStore:
             if edit is not None:
                 edit(job)
 
-        return await self.update(job_id, mutate, event=EVENT_KINDS[state])
+        job = await self.update(job_id, mutate, event=EVENT_KINDS[state])
+        if state in TERMINAL_STATES:
+            metrics.jobs_finished.add(1, {"state": state_name(state), "pool": job.pool})
+        return job
 
     async def delete(self, job_id: str) -> None:
         """Remove the record (purge: no tombstone history kept)."""
@@ -217,10 +221,11 @@ class JobStore:
 
     async def list(self) -> list[jobs_pb2.Job]:
         """Every job record (order unspecified)."""
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
+        # The stream's per-subject index, not KeyValue.keys(): nats-py's keys() watcher was seen
+        # to end early on a busy bucket (an empty list while 100 records existed).
+        prefix = f"$KV.{self.kv._name}."  # noqa: SLF001 - the bucket name nats-py keeps
+        info = await self.bus.js.stream_info(f"KV_{self.kv._name}", subjects_filter=prefix + ">")  # noqa: SLF001
+        keys = [subject.removeprefix(prefix) for subject in (info.state.subjects or {})]
         jobs = []
         for key in keys:
             if key.startswith(_REQUEST_PREFIX):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -156,7 +157,7 @@ class BucketNotFound(NotFound):
 class ObjectStore(Protocol):
     """The object storage every service uses; see the module docstring for the shared contract."""
 
-    async def ensure_bucket(self, bucket: str, expiry_days: int | None = None) -> None:
+    async def ensure_bucket(self, bucket: str, expiry_days: float | None = None) -> None:
         """Create ``bucket`` if missing (idempotent); with ``expiry_days``, expire objects that old.
 
         ``expiry_days=None`` leaves any expiry set earlier as it is.
@@ -365,7 +366,7 @@ class LocalStore:
         )
 
     # blocking bodies
-    def _ensure_bucket(self, bucket: str, expiry_days: int | None) -> None:
+    def _ensure_bucket(self, bucket: str, expiry_days: float | None) -> None:
         bucket_dir = self._bucket_dir(bucket)
         if expiry_days is not None:
             _check_expiry(expiry_days)
@@ -459,10 +460,10 @@ class LocalStore:
             self._prune_empty_dirs(self.root / bucket, path.parent)
         return count
 
-    def expiry_days(self, bucket: str) -> int | None:
+    def expiry_days(self, bucket: str) -> float | None:
         """The expiry set by ``ensure_bucket`` for ``bucket``, in days, or None."""
         try:
-            return int(json.loads(self._expiry_path(bucket).read_bytes())["expiry_days"])
+            return float(json.loads(self._expiry_path(bucket).read_bytes())["expiry_days"])
         except FileNotFoundError:
             return None
 
@@ -495,7 +496,7 @@ class LocalStore:
         return count
 
     # async API
-    async def ensure_bucket(self, bucket: str, expiry_days: int | None = None) -> None:
+    async def ensure_bucket(self, bucket: str, expiry_days: float | None = None) -> None:
         """Create ``<root>/<bucket>`` (idempotent) and record ``expiry_days`` when given.
 
         Raises:
@@ -566,11 +567,10 @@ def _copy(src: IO[bytes], dst: IO[bytes]) -> int:
     return total
 
 
-def _check_expiry(expiry_days: int) -> None:
-    if expiry_days < 1:
+def _check_expiry(expiry_days: float) -> None:
+    if not expiry_days > 0:
         raise InvalidArgument(
-            "INVALID_EXPIRY", f"expiry_days must be at least 1 (S3 lifecycle days), got {expiry_days}",
-            field="expiry_days",
+            "INVALID_EXPIRY", f"expiry_days must be positive, got {expiry_days}", field="expiry_days"
         )
 
 
@@ -612,7 +612,7 @@ class S3Store:
                 metadata={"endpoint": self.endpoint},
             ) from exc
 
-    def _ensure_bucket(self, bucket: str, expiry_days: int | None) -> None:
+    def _ensure_bucket(self, bucket: str, expiry_days: float | None) -> None:
         if not self.client.bucket_exists(bucket):
             try:
                 self.client.make_bucket(bucket)
@@ -623,7 +623,8 @@ class S3Store:
             return
         current = self.client.get_bucket_lifecycle(bucket)
         rules = [r for r in (current.rules if current else []) if r.rule_id != EXPIRY_RULE_ID]
-        expire = Expiration(days=expiry_days)
+        # S3 lifecycle rules count whole days: a fractional retention rounds up, never down.
+        expire = Expiration(days=max(1, math.ceil(expiry_days)))
         rules.append(Rule(ENABLED, rule_filter=Filter(prefix=""), rule_id=EXPIRY_RULE_ID, expiration=expire))
         self.client.set_bucket_lifecycle(bucket, LifecycleConfig(rules))
 
@@ -693,7 +694,7 @@ class S3Store:
                                  f"{first.name}: {first.code} {first.message}")
         return len(keys) - len(errors)
 
-    async def ensure_bucket(self, bucket: str, expiry_days: int | None = None) -> None:
+    async def ensure_bucket(self, bucket: str, expiry_days: float | None = None) -> None:
         """Create the bucket if missing; with ``expiry_days``, set an expiration lifecycle rule.
 
         The rule (ID ``EXPIRY_RULE_ID``, whole bucket) replaces an earlier rule of that ID; other

@@ -136,3 +136,18 @@ def eta_running(job: jobs_pb2.Job, now_seconds: float, rtf: float) -> float:
         elapsed = max(now_seconds - job.start_time.ToNanoseconds() / 1e9, 0.0)
         return elapsed / job.processed_seconds * remaining
     return remaining * rtf
+
+
+async def queue_depth(bus: Bus, pool: str) -> int:
+    """Messages waiting (not yet delivered) on ``pool``'s subject, without walking the queue.
+
+    From the pool consumer's ``num_pending`` when it exists, else from the stream's per-subject
+    message count (nothing has been delivered yet).
+    """
+    try:
+        info = await bus.js.consumer_info(JOBS_STREAM, pool_consumer(pool))
+        return int(info.num_pending or 0)
+    except NotFoundError:
+        subject = jobs_subject(pool)
+        info = await bus.js.stream_info(JOBS_STREAM, subjects_filter=subject)
+        return int((info.state.subjects or {}).get(subject, 0))

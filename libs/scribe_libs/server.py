@@ -25,6 +25,7 @@ from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from scribe_libs.auth import AuthInterceptor, server_keyring
 from scribe_libs.config import ServiceSettings
 from scribe_libs.errors import ErrorInterceptor
 from scribe_libs.telemetry import server_interceptors
@@ -86,7 +87,8 @@ async def start_grpc_server(
         RuntimeError: the port could not be bound.
     """
     server = grpc.aio.server(
-        interceptors=[*server_interceptors(), ErrorInterceptor()],
+        # Outermost first: tracing, then errors (so auth failures become rich statuses), then auth.
+        interceptors=[*server_interceptors(), ErrorInterceptor(), AuthInterceptor(server_keyring(settings.auth))],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

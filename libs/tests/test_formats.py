@@ -8,6 +8,7 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from scribe.v1 import transcript_pb2
 from scribe.v1.transcript_pb2 import Segment, Transcript, Word
 from scribe_libs.errors import InvalidArgument
@@ -101,39 +102,22 @@ def test_json() -> None:
     )
     content, content_type = render(transcript, JSON)
     assert content_type == "application/json"
-    assert content.decode("utf-8") == """\
-{
-  "job_id": "job-1",
-  "language": "ko",
-  "language_probability": 0.5,
-  "duration": 2.5,
-  "segments": [
-    {
-      "id": 0,
-      "start": 0.0,
-      "end": 2.5,
-      "text": " 안녕",
-      "words": [
-        {
-          "start": 0.0,
-          "end": 2.5,
-          "word": " 안녕",
-          "probability": 0.75
-        }
-      ],
-      "avg_logprob": 0.0,
-      "no_speech_prob": 0.0,
-      "compression_ratio": 0.0,
-      "channel": 0
-    }
-  ],
-  "model": "base",
-  "compute_type": "",
-  "worker_id": "",
-  "processing_seconds": 0.0,
-  "device": ""
-}
-"""
+    text = content.decode("utf-8")
+    assert text.endswith("}\n") and '\n  "job_id": "job-1",\n' in text  # indent 2
+    assert '"text": " 안녕"' in text  # Korean written as is, not \\u-escaped
+    data = json.loads(text)
+    # Every scalar and repeated field is present (defaults included), all in .proto order; an unset
+    # message field (e.g. flag_summary) is left out.
+    for obj, descriptor in ((data, Transcript.DESCRIPTOR), (data["segments"][0], Segment.DESCRIPTOR)):
+        order = [f.name for f in descriptor.fields]
+        assert list(obj) == [name for name in order if name in obj]
+        assert {f.name for f in descriptor.fields if f.message_type is None} <= set(obj)
+    assert {k: data[k] for k in ("job_id", "language", "language_probability", "duration", "model")} == {
+        "job_id": "job-1", "language": "ko", "language_probability": 0.5, "duration": 2.5, "model": "base"}
+    segment = data["segments"][0]
+    assert (segment["id"], segment["start"], segment["end"], segment["text"]) == (0, 0.0, 2.5, " 안녕")
+    assert segment["words"][0] | {} == {**segment["words"][0], "start": 0.0, "end": 2.5, "word": " 안녕",
+                                        "probability": 0.75}
 
 
 def test_empty_transcript() -> None:

@@ -187,6 +187,9 @@ Environment shared by every scribe service: (dict "root" $ "prefix" "SCRIBE_INGE
       key: {{ $store.secretKey }}
 - name: {{ $p }}AUTH__KEYS_FILE
   value: {{ printf "%s/%s" $root.Values.auth.mountPath $root.Values.auth.secretKey | quote }}
+# Every service declares the scribe_jobs bucket with this TTL: they must all agree.
+- name: {{ $p }}RETENTION_DAYS
+  value: {{ $root.Values.results.retentionDays | quote }}
 {{- with $root.Values.common.otel.endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}

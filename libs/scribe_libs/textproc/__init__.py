@@ -9,7 +9,15 @@ See ``pipeline.py`` for the order of the stages and ``script.py`` for the word b
 in mixed Hangul/Latin text.
 """
 
-from scribe_libs.textproc.convert import glossary_from_proto, glossary_to_proto, validate_glossary
+from scribe_libs.textproc.convert import (
+    apply_processed,
+    correction_to_proto,
+    glossary_from_proto,
+    glossary_to_proto,
+    redact_transcript,
+    segments_from_transcript,
+    validate_glossary,
+)
 from scribe_libs.textproc.flags import FlagReason, FlagSummary, FlagThresholds, flag_summary
 from scribe_libs.textproc.glossary import MAX_PROMPT_BYTES, GlossaryMatcher, bias_terms, correct_text
 from scribe_libs.textproc.models import (
@@ -52,14 +60,18 @@ __all__ = [
     "TextPipeline",
     "TextSegment",
     "TextWord",
+    "apply_processed",
     "apply_rules",
     "bias_terms",
     "correct_text",
+    "correction_to_proto",
     "flag_summary",
     "glossary_from_proto",
     "glossary_to_proto",
     "luhn_valid",
     "process",
     "redact_text",
+    "redact_transcript",
+    "segments_from_transcript",
     "validate_glossary",
 ]

@@ -126,6 +126,7 @@ class GlossaryMatcher:
 
     def __init__(self, glossaries: Sequence[Glossary]):
         self._terms: list[_CompiledTerm] = []
+        self._words: dict[str, tuple[str, str, bool]] = {}  # single-word Latin terms, for glued pairs
         for glossary in glossaries:
             for term in glossary.terms:
                 if not term.term.strip():
@@ -133,6 +134,10 @@ class GlossaryMatcher:
                         "INVALID_GLOSSARY", f"glossary {glossary.id!r} has an empty term", field="glossary.terms"
                     )
                 self._terms.append(_CompiledTerm(glossary.id, term.term.strip(), len(self._terms), _term_regex(term)))
+                word = term.term.strip()
+                if word.isascii() and word.isalnum() and len(word) >= 3:
+                    key = word if term.case_sensitive else word.lower()
+                    self._words.setdefault(key, (glossary.id, word, term.case_sensitive))
 
     def edits(self, buffer: EditBuffer) -> list[Edit]:
         """Non-overlapping replacements for the buffer's current text, longest match first."""
@@ -141,6 +146,7 @@ class GlossaryMatcher:
             for match in term.regex.finditer(buffer.text):
                 if match.end() > match.start() and script.spaced_match_ok(buffer.text, *match.span()):
                     candidates.append((match.start(), match.end(), term))
+        candidates += self._glued(buffer.text)
         candidates.sort(key=lambda c: (-(c[1] - c[0]), c[0], c[2].order))
         taken: list[tuple[int, int]] = []
         chosen = []
@@ -152,6 +158,31 @@ class GlossaryMatcher:
                 Edit(start, end, term.term, f"glossary:{term.glossary_id}:{term.term}", CorrectionKind.GLOSSARY)
             )
         return chosen
+
+    def _lookup(self, piece: str) -> tuple[str, str] | None:
+        for key in (piece, piece.lower()):
+            found = self._words.get(key)
+            if found and (not found[2] or key == piece):
+                return found[0], found[1]
+        return None
+
+    def _glued(self, text: str) -> list[tuple[int, int, _CompiledTerm]]:
+        """Two single-word Latin terms written as one word ("KubernetesvLLM"), split and restored.
+
+        Whisper produces these when both terms are in its prompt and it drops the words between
+        them. Only a whole Latin word that is exactly term + term (each 3+ characters) matches.
+        """
+        out = []
+        for match in re.finditer(r"(?<![A-Za-z0-9])[A-Za-z0-9]{6,}(?![A-Za-z0-9])", text):
+            word = match.group()
+            for i in range(3, len(word) - 2):
+                left, right = self._lookup(word[:i]), self._lookup(word[i:])
+                if left and right:
+                    joined = f"{left[1]} {right[1]}"
+                    regex = re.compile(re.escape(word))
+                    out.append((match.start(), match.end(), _CompiledTerm(left[0], joined, -1, regex)))
+                    break
+        return out
 
     def apply(self, buffer: EditBuffer) -> list[Correction]:
         """Correct the buffer in place; returns the corrections made."""

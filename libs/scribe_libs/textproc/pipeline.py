@@ -43,6 +43,10 @@ from scribe_libs.textproc.rules import CompiledRule, compile_rules
 
 log = logging.getLogger(__name__)
 
+#: Redaction passes over the rewritten text; each pass removes at least one digit run, and two
+#: were the most seen (tests/hypothesis), so 5 is a bound, not a tuning.
+MAX_REDACTION_PASSES = 5
+
 
 @dataclass(frozen=True)
 class ProcessedWord:
@@ -193,7 +197,13 @@ class TextPipeline:
 
     def _redact_raw(self, segment: TextSegment) -> tuple[EditBuffer, list[Correction]]:
         buffer = EditBuffer(segment.text, segment.id)
-        corrections = buffer.apply(redaction_edits(buffer))
+        corrections: list[Correction] = []
+        for _ in range(MAX_REDACTION_PASSES):  # see the late pass in process_segment
+            found = buffer.apply(redaction_edits(buffer))
+            if not found:
+                break
+            corrections += found
+        corrections.sort(key=lambda c: (c.start, c.end))
         shift, moved = 0, []
         for c in corrections:  # re-express as the placeholder's span in the redacted raw text
             start = c.start + shift
@@ -219,7 +229,14 @@ class TextPipeline:
         for rule in self.rules:
             corrections += rule.apply(buffer)
         if self.redact:
-            late = buffer.apply(redaction_edits(buffer))
+            # Until nothing is found: a placeholder can end an e-mail match that hid a number
+            # glued to it ("a@b.com010-1234-5678"), which only the next pass sees.
+            late: list[Correction] = []
+            for _ in range(MAX_REDACTION_PASSES):
+                found = buffer.apply(redaction_edits(buffer))
+                if not found:
+                    break
+                late += found
             if late:
                 kept = [c for c in corrections if not any(_overlaps(c, r) for r in late)]
                 raw, corrections = _redact_raw_spans(raw, kept, late)

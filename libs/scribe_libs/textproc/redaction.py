@@ -16,7 +16,7 @@ yields the phone number. Each run is classified by its digit count and grouping:
 [PHONE]   Korean: 9-11 digits starting with 0 ("010-1234-5678", "01012345678", "02-123-4567");
           8 digits starting 15/16/18 ("1588-1234"); "+" and 8-15 digits ("+82 10 1234 5678",
           "+1 415 555 0132"); "82" then 10-11 digits in groups. North American: 3-3-4 groups
-          ("(415) 555-0132", "415-555-0132"), or 1-3-3-4. Any 7-12 digit run within 40
+          ("(415) 555-0132", "415-555-0132"), or 1-3-3-4. Any 6-12 digit run within 40
           characters after a phone cue ("phone", "call", "reach", "전화", "연락", "휴대폰", ...):
           this catches collapsed numbers like "4550132" where a cue says they are phone numbers.
 [CARD]    13-19 digits in one group, in Whisper's thousands grouping ("4,111,111,...") or in
@@ -32,7 +32,7 @@ Never redacted (by design, see tests): amounts (a currency sign before or a curr
 "2024.03.15", years, times ("10:30", "3시 15분"), versions ("v1.2.3", "1.2.3"), numbers glued to
 letters ("A100", "H100"), and short ids ("order 58213"). Known misses: a collapsed 7-8 digit
 phone number with no cue word, digits spoken as Korean words ("공일공 ..."), card digits in
-groups of 1-3 with no card cue. Over-redaction accepted: a 7-12 digit number after a phone cue
+groups of 1-3 with no card cue. Over-redaction accepted: a 6-12 digit number after a phone cue
 (e.g. "전화 주문 번호 12345678").
 """
 
@@ -139,7 +139,9 @@ def _classify(text: str, start: int, end: int) -> tuple[str, tuple[tuple[str, st
         return "card", (("luhn", "valid" if luhn_valid(digits) else "invalid"),)
     if lengths == [3, 3, 4] or (lengths == [1, 3, 3, 4] and digits[0] == "1"):
         return "phone", ()
-    if 7 <= n <= 12 and _PHONE_CUE.search(before):
+    # 6, not 7: Whisper drops a digit of a spoken number ("five five five, one two three four"
+    # came out "5 5 1 2 3 4"); near a phone cue, over-redacting beats leaking.
+    if 6 <= n <= 12 and _PHONE_CUE.search(before):
         return "phone", ()
     return None
 

@@ -23,4 +23,7 @@ class Settings(ServiceSettings):
     )
     max_audio_bytes: int = Field(2 * 1024**3, description="Largest accepted upload, bytes (2 GiB).")
     max_audio_seconds: float = Field(4 * 3600.0, description="Longest accepted audio, seconds (4 h).")
+    max_queue_depth: int = Field(
+        1000, description="Waiting jobs per pool; beyond it CreateJob is refused with QUEUE_FULL and a retry delay."
+    )
     upload_dir: str = Field(tempfile.gettempdir(), description="Where uploads are spooled while they stream in.")

@@ -2,8 +2,16 @@
 
 Consumes ``scribe.postprocess`` (work-queue stream SCRIBE_POSTPROCESS) with the durable
 consumer ``postprocess``. For each message: read ``<job_id>/raw.json`` from ``scribe-results``,
-write ``<job_id>/transcript.{json,txt,srt,vtt}``, then mark the job COMPLETED (compare-and-set)
-and ack. A redelivery rewrites the same keys. The service exposes gRPC health only.
+run the text pass (:mod:`scribe_postprocess.transform`: pinned glossaries, global rules,
+redaction when ``spec.redact``, confidence flags, optional LLM pass), write
+``<job_id>/transcript.{json,txt,srt,vtt}`` (post-processed) and ``<job_id>/raw.{txt,srt,vtt}``
+(as decoded, beside raw.json; ``GetTranscript(raw=true)`` serves them), then mark the job
+COMPLETED (compare-and-set) and ack. A redelivery rewrites the same keys. The service exposes
+gRPC health only.
+
+Redaction: the transcriber redacts before writing raw.json, so clear text never reaches the
+object store. Should a raw.json of a redacted job arrive unredacted anyway (a transcriber of an
+older version), it is redacted here and overwritten before anything else is written.
 """
 
 from __future__ import annotations
@@ -19,19 +27,24 @@ from opentelemetry import trace
 
 from scribe.v1 import jobs_pb2, transcript_pb2
 from scribe_libs import bus as busmod
-from scribe_libs.formats import render, transcript_from_json
+from scribe_libs.formats import render, transcript_from_json, transcript_to_json
+from scribe_libs.glossaries import GlossaryStore
 from scribe_libs.jobs import RESULTS_BUCKET, JobNotFound, JobStore, is_terminal, transcript_key
 from scribe_libs.logs import job_context
 from scribe_libs.objectstore import ObjectNotFound, ObjectStore, open_store
 from scribe_libs.server import GrpcServer, start_grpc_server
 from scribe_libs.telemetry import extract_context
+from scribe_libs.textproc import Rule, redact_transcript
 from scribe_postprocess.config import Settings
+from scribe_postprocess.llm import LlmClient, endpoint_allowed
+from scribe_postprocess.transform import global_rules, postprocess_transcript
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 S = jobs_pb2.JobState
 CONSUMER = "postprocess"
+#: Job.flag_summary is proposed for jobs.proto (owned elsewhere); set it once it exists.
 #: Every format written, with its file extension.
 OUTPUTS = {
     "json": transcript_pb2.TRANSCRIPT_FORMAT_JSON,
@@ -44,11 +57,16 @@ OUTPUTS = {
 class Postprocessor:
     """Turns PostprocessTasks into final transcripts."""
 
-    def __init__(self, settings: Settings, bus: busmod.Bus, store: ObjectStore):
+    def __init__(
+        self, settings: Settings, bus: busmod.Bus, store: ObjectStore, rules: list[Rule], llm: LlmClient | None = None
+    ):
         self.settings = settings
         self.bus = bus
         self.store = store
         self.jobs = JobStore(bus)
+        self.glossaries = GlossaryStore(bus.glossaries)
+        self.rules = rules
+        self.llm = llm
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -111,21 +129,37 @@ class Postprocessor:
         job = await self.jobs.get(task.job_id)
         if is_terminal(job):
             return
-        raw = await self.store.get_bytes(RESULTS_BUCKET, task.raw_key)
-        transcript = transcript_from_json(raw)
+        raw = transcript_from_json(await self.store.get_bytes(RESULTS_BUCKET, task.raw_key))
+        if job.spec.redact and not raw.redacted:
+            log.warning("raw transcript of a redacted job was not redacted; redacting it now")
+            raw = redact_transcript(raw)
+            await self.store.put_bytes(RESULTS_BUCKET, task.raw_key, transcript_to_json(raw), "application/json")
+        transcript = await postprocess_transcript(raw, job, self.glossaries, self.settings, self.rules, self.llm)
         keys = []
         for extension, fmt in OUTPUTS.items():
             content, content_type = render(transcript, fmt)
             key = transcript_key(task.job_id, extension)
             await self.store.put_bytes(RESULTS_BUCKET, key, content, content_type)
             keys.append(key)
+            if extension != "json":  # raw.json is the transcriber's
+                content, content_type = render(raw, fmt)
+                await self.store.put_bytes(RESULTS_BUCKET, f"{task.job_id}/raw.{extension}", content, content_type)
 
         def complete(record: jobs_pb2.Job) -> None:
             del record.result_keys[:]
             record.result_keys.extend(keys)
+            record.flag_summary.CopyFrom(transcript.flag_summary)
 
         await self.jobs.transition(task.job_id, S.JOB_STATE_COMPLETED, complete)
-        log.info("job completed", extra={"segments": len(transcript.segments)})
+        log.info(
+            "job completed",
+            extra={
+                "segments": len(transcript.segments),
+                "corrections": len(transcript.corrections),
+                "flagged_segments": transcript.flag_summary.flagged_segments,
+                "redacted": transcript.redacted,
+            },
+        )
 
     async def _fail(self, job_id: str, message: str) -> None:
         def edit(record: jobs_pb2.Job) -> None:
@@ -139,18 +173,33 @@ class Postprocessor:
 
 
 async def create_server(settings: Settings) -> GrpcServer:
-    """Connect, declare buckets, start the health-only gRPC server and the loop; SERVING when consuming."""
-    bus = await busmod.connect(settings.nats, "scribe-postprocess")
+    """Connect, declare buckets, start the health-only gRPC server and the loop; SERVING when consuming.
+
+    Raises:
+        InvalidArgument: a configured global rule is invalid (``INVALID_RULE``).
+    """
+    rules = global_rules(settings)  # before connecting: a bad rule stops the start-up
+    bus = await busmod.connect(settings.nats, "scribe-postprocess", settings.retention_days * 86400)
     store = open_store(settings.store)
     await store.ensure_bucket(RESULTS_BUCKET, expiry_days=settings.retention_days)
+    llm = None
+    if settings.llm.enabled:
+        if not endpoint_allowed(settings.llm):
+            log.warning(
+                "llm endpoint %s is not on llm.allowed_endpoints: every LLM call will be refused",
+                settings.llm.endpoint,
+            )
+        llm = LlmClient(settings.llm)
     server = await start_grpc_server(settings, lambda s: None, [])
-    processor = Postprocessor(settings, bus, store)
+    processor = Postprocessor(settings, bus, store, rules, llm)
     loop_task = asyncio.create_task(processor.run())
 
     async def stop() -> None:
         processor.stop()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(loop_task, timeout=settings.grace_seconds or None)
+        if llm is not None:
+            await llm.close()
         await bus.close()
 
     server.on_stop.append(stop)

@@ -13,7 +13,10 @@ class Settings(ServiceSettings):
     model_config = service_config("SCRIBE_RESULTS_")
 
     port: int = Field(50052, description="gRPC port; 0 picks a free one.")
+    sweep_interval_seconds: float = Field(
+        60.0, description="How often the local object store is swept for expired transcripts (embedded mode)."
+    )
+    metrics_sample_seconds: float = Field(10.0, description="How often queue and job gauges are sampled.")
     watch_poll_seconds: float = Field(
         1.0, description="While a watched job is QUEUED, how often its queue position is recomputed."
     )
-    retention_days: int = Field(7, description="Days transcripts are kept (scribe-results lifecycle expiry).")

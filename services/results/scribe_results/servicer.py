@@ -14,6 +14,7 @@ import nats.errors
 
 from scribe.v1 import jobs_pb2, results_pb2, results_pb2_grpc, transcript_pb2
 from scribe_libs import bus as busmod
+from scribe_libs.auth import can_see, current_principal
 from scribe_libs.errors import FailedPrecondition, InvalidArgument
 from scribe_libs.jobs import (
     AUDIO_BUCKET,
@@ -27,7 +28,10 @@ from scribe_libs.jobs import (
 from scribe_libs.objectstore import ObjectNotFound, ObjectStore, open_store
 from scribe_libs.queue import eta_queued, eta_running, live_profiles, pool_rtf, queue_view
 from scribe_libs.server import GrpcServer, start_grpc_server
+from scribe_results import glossaries
 from scribe_results.config import Settings
+from scribe_results.janitor import Janitor
+from scribe_results.sampler import QueueSampler
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,13 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
         self.store = store
         self.jobs = JobStore(bus)
 
+    async def _visible(self, job_id: str) -> jobs_pb2.Job:
+        """The job if the caller may see it; another caller's job is NOT_FOUND, as if absent."""
+        job = await self.jobs.get(job_id)
+        if not can_see(current_principal(), job.owner):
+            raise JobNotFound(job_id)
+        return job
+
     async def decorate(self, job: jobs_pb2.Job) -> jobs_pb2.Job:
         """Fill the read-time fields: queue_position and eta_seconds."""
         if job.state == S.JOB_STATE_QUEUED:
@@ -66,7 +77,7 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
         self, request: results_pb2.GetJobRequest, context: grpc.aio.ServicerContext
     ) -> results_pb2.GetJobResponse:
         """The job with its queue position and ETA."""
-        job = await self.jobs.get(request.job_id)
+        job = await self._visible(request.job_id)
         return results_pb2.GetJobResponse(job=await self.decorate(job))
 
     async def ListJobs(  # noqa: N802 - gRPC method name
@@ -78,7 +89,8 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
             offset = int(request.page_token or 0)
         except ValueError as exc:
             raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not valid", field="page_token") from exc
-        jobs = await self.jobs.list()
+        principal = current_principal()
+        jobs = [j for j in await self.jobs.list() if can_see(principal, j.owner)]
         if request.state:
             jobs = [j for j in jobs if j.state == request.state]
         jobs.sort(key=lambda j: (j.create_time.ToNanoseconds(), j.job_id), reverse=True)
@@ -90,7 +102,7 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
         self, request: results_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ):  # noqa: ANN201 - async generator of WatchJobResponse
         """Stream the job now, then on every change of state/progress/position; end after a terminal state."""
-        job = await self.decorate(await self.jobs.get(request.job_id))
+        job = await self.decorate(await self._visible(request.job_id))
         yield results_pb2.WatchJobResponse(job=job)
         if is_terminal(job):
             return
@@ -104,7 +116,7 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
                     entry = None
                 if entry is not None and entry.operation in ("DEL", "PURGE"):
                     raise JobNotFound(request.job_id)
-                job = await self.decorate(await self.jobs.get(request.job_id))
+                job = await self.decorate(await self._visible(request.job_id))
                 current = _fingerprint(job)
                 if current != last:
                     last = current
@@ -118,7 +130,7 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
         self, request: results_pb2.GetTranscriptRequest, context: grpc.aio.ServicerContext
     ) -> results_pb2.GetTranscriptResponse:
         """The final transcript in the asked format."""
-        job = await self.jobs.get(request.job_id)
+        job = await self._visible(request.job_id)
         fmt = request.format or transcript_pb2.TRANSCRIPT_FORMAT_JSON
         if fmt not in _EXTENSIONS:
             raise InvalidArgument("UNKNOWN_FORMAT", f"unknown format {fmt}", field="format")
@@ -130,8 +142,11 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
                 {"state": state_name(job.state)},
             )
         extension, content_type = _EXTENSIONS[fmt]
+        # raw: the as-decoded text (redacted for a redacted job), written by postprocess as
+        # <job_id>/raw.<ext> beside the transcriber's raw.json.
+        key = f"{job.job_id}/raw.{extension}" if request.raw else transcript_key(job.job_id, extension)
         try:
-            content = await self.store.get_bytes(RESULTS_BUCKET, transcript_key(job.job_id, extension))
+            content = await self.store.get_bytes(RESULTS_BUCKET, key)
         except ObjectNotFound as exc:
             raise JobNotFound(job.job_id) from exc  # expired by the bucket's lifecycle
         return results_pb2.GetTranscriptResponse(format=fmt, content_type=content_type, content=content)
@@ -140,7 +155,7 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
         self, request: results_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> results_pb2.CancelJobResponse:
         """QUEUED: cancelled now, its message removed from the queue. RUNNING: the worker stops at the next chunk."""
-        job = await self.jobs.get(request.job_id)
+        job = await self._visible(request.job_id)
         if is_terminal(job):
             raise FailedPrecondition(
                 "JOB_TERMINAL", f"job {job.job_id} is already {state_name(job.state)}", {"state": state_name(job.state)}
@@ -179,7 +194,7 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
         self, request: results_pb2.DeleteJobRequest, context: grpc.aio.ServicerContext
     ) -> results_pb2.DeleteJobResponse:
         """Remove a terminal job's record and every object it has, now."""
-        job = await self.jobs.get(request.job_id)
+        job = await self._visible(request.job_id)
         if not is_terminal(job):
             raise FailedPrecondition(
                 "JOB_NOT_TERMINAL", f"job {job.job_id} is {state_name(job.state)}; cancel it first",
@@ -205,17 +220,30 @@ def _fingerprint(job: jobs_pb2.Job) -> tuple:
 
 async def create_server(settings: Settings) -> GrpcServer:
     """Connect, start the gRPC server, report SERVING."""
-    bus = await busmod.connect(settings.nats, "scribe-results")
+    bus = await busmod.connect(settings.nats, "scribe-results", settings.retention_days * 86400)
     store = open_store(settings.store)
     await store.ensure_bucket(RESULTS_BUCKET, expiry_days=settings.retention_days)
     await store.ensure_bucket(AUDIO_BUCKET)
     servicer = ResultsServicer(settings, bus, store)
     server = await start_grpc_server(
         settings,
-        lambda s: results_pb2_grpc.add_ResultsServicer_to_server(servicer, s),
-        [results_pb2.DESCRIPTOR.services_by_name["Results"].full_name],
+        lambda s: (
+            results_pb2_grpc.add_ResultsServicer_to_server(servicer, s),
+            glossaries.add_to_server(glossaries.GlossaryStore(bus.glossaries), s),
+        ),
+        [results_pb2.DESCRIPTOR.services_by_name["Results"].full_name, glossaries.SERVICE_NAME],
     )
-    server.on_stop.append(bus.close)
+    janitor = Janitor(bus, store, settings.sweep_interval_seconds)
+    await janitor.start()
+    sampler = QueueSampler(bus, settings.metrics_sample_seconds)
+    sampler.start()
+
+    async def stop() -> None:
+        await sampler.stop()
+        await janitor.stop()
+        await bus.close()
+
+    server.on_stop.append(stop)
     await server.set_serving(True)
     return server
 

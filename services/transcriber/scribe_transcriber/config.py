@@ -39,6 +39,18 @@ class Settings(ServiceSettings):
     pod_name: str = Field("", description="Kubernetes pod name (downward API).")
     pod_namespace: str = Field("", description="Kubernetes namespace (downward API).")
     node_name: str = Field("", description="Kubernetes node name (downward API).")
+    kubernetes_api_host: str = Field(
+        "", description="Kubernetes API URL for labelling this pod; empty = in-cluster service account."
+    )
     advertise_host: str = Field(
         default_factory=socket.gethostname, description="Host other services use to reach this worker's gRPC port."
     )
+    realtime_model: str = Field(
+        "", description="Model serving Transcriber.Decode (streaming); empty = the first of `models`. Loaded at "
+        "start if it is not one of them; the same name shares one copy with batch jobs."
+    )
+    realtime_max_batch: int = Field(4, description="Decode windows (from any sessions) decoded together at most.")
+    realtime_batch_wait_ms: float = Field(
+        10.0, description="After a Decode window arrives, ms to wait for more windows to batch with it."
+    )
+    realtime_beam_size: int = Field(1, description="Beam width of Decode (1 = greedy, temperature 0).")

@@ -1,82 +1,250 @@
-"""This worker's device and compute type, decided at start and reported in its profile."""
+"""This worker's device, compute type and models: probed, decided and loaded at start-up.
+
+Flow (DESIGN.md, "Device profiles and pools"): :class:`scribe_libs.devices.SystemProbe` lists
+the devices; :func:`scribe_libs.devices.select_device` picks the configured one;
+:func:`scribe_libs.devices.decide` chooses the compute type and models, loading each candidate
+for real through :class:`ModelLoader` (its ``measure``), stepping down precision, then model,
+then to the CPU, each step logged with its reason. The effective and requested compute types
+are both reported; a mismatch is a warning. When nothing fits (or a model cannot be found) the
+worker is not ready: health stays NOT_SERVING, the reason is logged and is the last line of the
+profile's ``decisions``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from scribe.v1 import transcriber_pb2
+from scribe_libs import __version__
+from scribe_libs.devices import (
+    Decision,
+    DeviceFacts,
+    DeviceProbe,
+    SystemProbe,
+    decide,
+    profile_from,
+    select_device,
+)
 from scribe_libs.models import ModelRegistry
 from scribe_transcriber.config import Settings
-from scribe_transcriber.engine import Engine
+from scribe_transcriber.engine import Engine, ModelFactory, ModelLoader, default_cpu_threads, whisper_factory
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class DevicePlan:
-    """Device facts and the compute type chosen for them, with the reasons."""
+class WorkerDevice:
+    """What start-up found and decided; the source of this worker's profile.
 
-    device: str
-    compute_type: str
-    cpu_cores: int
-    gpu_name: str = ""
-    compute_capability: str = ""
-    memory_total_bytes: int = 0
-    memory_free_bytes: int = 0
-    decisions: list[str] = field(default_factory=list)
+    Attributes:
+        facts: The device the decision is for (the CPU after a fall-back); ``None`` until probed
+            or when the configured device is absent.
+        decision: From :func:`decide`; ``None`` until decided.
+        engine: The loaded models; ``None`` unless ready.
+        not_ready_reason: Why the worker cannot serve (empty when ready or still starting).
+        selection_reason: Why this device.
+        started: Whether start-up has finished (ready or not).
+    """
+
+    facts: DeviceFacts | None = None
+    decision: Decision | None = None
+    engine: Engine | None = None
+    not_ready_reason: str = ""
+    selection_reason: str = ""
+    started: bool = False
+    probe: DeviceProbe | None = field(default=None, repr=False)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the models are loaded and the worker can take jobs."""
+        return self.engine is not None and not self.not_ready_reason
+
+    def profile(
+        self,
+        settings: Settings,
+        *,
+        endpoint: str,
+        start_time: float,
+        current_load: int = 0,
+        real_time_factor: float = 0.0,
+    ) -> transcriber_pb2.WorkerProfile:
+        """The current ``WorkerProfile`` (after an out-of-memory downgrade: the new decision's)."""
+        decision = self.engine.decision if self.engine is not None else self.decision
+        now = time.time()
+        if decision is None or self.facts is None:
+            status = f"not ready: {self.not_ready_reason}" if self.not_ready_reason else "starting: probing the device"
+            profile = transcriber_pb2.WorkerProfile(
+                worker_id=settings.worker_id,
+                pod=settings.pod_name,
+                node=settings.node_name,
+                pool=settings.pool,
+                compute_type_requested=settings.compute_type,
+                endpoint=endpoint,
+                version=__version__,
+                decisions=[*([self.selection_reason] if self.selection_reason else []), status],
+            )
+            profile.start_time.FromNanoseconds(int(start_time * 1e9))
+            profile.update_time.FromNanoseconds(int(now * 1e9))
+            return profile
+        profile = profile_from(
+            decision,
+            self.facts,
+            worker_id=settings.worker_id,
+            pool=settings.pool,
+            pod=settings.pod_name,
+            node=settings.node_name,
+            endpoint=endpoint,
+            version=__version__,
+            start_time=start_time,
+            update_time=now,
+            current_load=current_load,
+            real_time_factor=real_time_factor,
+            memory_models_bytes=(self.engine.memory_used_by_models() or None) if self.engine is not None else None,
+        )
+        if self.not_ready_reason and decision.ready:
+            profile.decisions.append(f"not ready: {self.not_ready_reason}")
+            del profile.models_loaded[:]
+        return profile
+
+    def refresh_memory(self) -> None:
+        """Re-read the device's free memory (blocking; a failed probe keeps the old figure)."""
+        if self.facts is None or self.probe is None:
+            return
+        try:
+            for facts in self.probe.probe():
+                if (facts.device, facts.index) == (self.facts.device, self.facts.index):
+                    self.facts = dataclasses.replace(self.facts, memory_free_bytes=facts.memory_free_bytes)
+                    return
+        except Exception:  # noqa: BLE001 - the profile keeps the last figure
+            log.debug("memory refresh failed", exc_info=True)
 
 
-def _meminfo(key: str) -> int:
+def resident_models(settings: Settings) -> list[str]:
+    """The models to keep resident: the configured ones, then the realtime model if not among them.
+
+    The first is the batch model of the decision; the realtime model (``realtime_model``, or the
+    first configured model when empty) is planned with its realtime windows.
+    """
+    models = list(dict.fromkeys(settings.models))
+    realtime = getattr(settings, "realtime_model", "")
+    if realtime and realtime not in models:
+        models.append(realtime)
+    return models
+
+
+def blocking_resolver(registry: ModelRegistry, loop: asyncio.AbstractEventLoop) -> Callable[[str], Path]:
+    """``resolve(name) -> Path`` for worker threads: runs ``registry.resolve`` on ``loop``."""
+
+    def resolve(name: str) -> Path:
+        return asyncio.run_coroutine_threadsafe(registry.resolve(name), loop).result()
+
+    return resolve
+
+
+def decide_and_load(
+    settings: Settings,
+    probe: DeviceProbe,
+    resolve: Callable[[str], Path],
+    factory: ModelFactory = whisper_factory,
+    device: WorkerDevice | None = None,
+) -> WorkerDevice:
+    """Probe, decide (loading and measuring the models), and build the engine. Blocking.
+
+    Never raises for a device or model problem: the result is not ready with the reason.
+
+    Args:
+        settings: device, device_index, compute_type, models, cpu_threads.
+        probe: The device probe (``SystemProbe()``; recorded facts in tests).
+        resolve: Model name -> directory (blocking).
+        factory: Builds a model (faster-whisper; a fake in tests).
+        device: Filled in place (so a profile read meanwhile sees progress); a new one if None.
+    """
+    out = device or WorkerDevice()
+    out.probe = probe
     try:
-        for line in open("/proc/meminfo", encoding="ascii"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+        probed = probe.probe()
+        selection = select_device(
+            probed, settings.device, settings.device_index, getattr(probe, "no_gpu_reason", None)
+        )
+        out.selection_reason = selection.reason
+        log.info("device decision: %s", selection.reason)
+        if selection.facts is None:
+            return _not_ready(out, selection.reason)
+        out.facts = selection.facts
+        threads = default_cpu_threads(settings.cpu_threads)
+        loaders = {
+            "cuda": ModelLoader("cuda", settings.device_index, threads, resolve, factory),
+            "cpu": ModelLoader("cpu", 0, threads, resolve, factory),
+        }
+        decision = decide(
+            selection.facts,
+            resident_models(settings),
+            settings.compute_type,
+            measure=loaders[selection.facts.device].measure,
+            cpu_facts=selection.cpu_facts,
+            cpu_measure=loaders["cpu"].measure,
+        )
+        decision.steps.insert(0, selection.reason)
+        out.decision = decision
+        if decision.device != selection.facts.device and selection.cpu_facts is not None:
+            out.facts = selection.cpu_facts
+        for device_name, loader in loaders.items():
+            if device_name != decision.device or not decision.ready:
+                loader.keep_only(())
+        if not decision.ready:
+            return _not_ready(out, decision.not_ready_reason)
+        out.engine = Engine(loaders[decision.device], decision, resident_models(settings))
+    except Exception as exc:  # noqa: BLE001 - any start-up failure is a not-ready reason
+        reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        log.error("transcriber not ready: %s", reason, exc_info=True)
+        return _not_ready(out, reason)
+    _log_decision(settings, decision)
+    out.started = True
+    return out
 
 
-def plan_device(settings: Settings) -> DevicePlan:
-    """Pick the device (CUDA when present and allowed, else CPU) and the compute type."""
-    import ctranslate2
+def _not_ready(out: WorkerDevice, reason: str) -> WorkerDevice:
+    out.not_ready_reason = reason
+    out.started = True
+    log.error("transcriber not ready: %s", reason)
+    return out
 
-    cores = len(os.sched_getaffinity(0))
-    cuda = ctranslate2.get_cuda_device_count() if settings.device in ("auto", "cuda") else 0
-    device = "cuda" if cuda > 0 else "cpu"
-    decisions = [f"device {device}: {cuda} CUDA device(s) visible, {cores} CPU cores"]
-    supported = set(ctranslate2.get_supported_compute_types(device))
-    wanted = settings.compute_type
-    if wanted == "auto":
-        compute_type = "float16" if device == "cuda" and "float16" in supported else "int8"
-        decisions.append(f"compute type {compute_type} chosen for {device}")
-    elif wanted in supported:
-        compute_type = wanted
-        decisions.append(f"compute type {compute_type} as requested")
-    else:
-        compute_type = "int8" if "int8" in supported else "float32"
-        decisions.append(f"requested compute type {wanted} unsupported on {device}; using {compute_type}")
-        log.warning(decisions[-1])
-    return DevicePlan(
-        device=device,
-        compute_type=compute_type,
-        cpu_cores=cores,
-        memory_total_bytes=_meminfo("MemTotal"),
-        memory_free_bytes=_meminfo("MemAvailable"),
-        decisions=decisions,
+
+def _log_decision(settings: Settings, decision: Decision) -> None:
+    level = logging.WARNING if decision.warnings else logging.INFO
+    log.log(
+        level,
+        "device decided: %s at %s (requested %s)%s",
+        " + ".join(decision.resident_models),
+        decision.compute_type_effective,
+        settings.compute_type,
+        "; " + "; ".join(decision.warnings) if decision.warnings else "",
+        extra={
+            "device": decision.device,
+            "compute_type_requested": settings.compute_type,
+            "compute_type_effective": decision.compute_type_effective,
+            "models": decision.resident_models,
+            "memory_models_bytes": decision.memory_models_bytes,
+            "batch_capacity": decision.batch_capacity,
+            "realtime_capacity": decision.realtime_capacity,
+        },
     )
 
 
-async def load_engine(settings: Settings, plan: DevicePlan, registry: ModelRegistry) -> Engine:
-    """Resolve and load every configured model on the planned device.
-
-    Raises:
-        scribe_libs.models.ModelUnavailable: a model has no source.
-        RuntimeError: CTranslate2 could not load a model (e.g. out of memory).
-    """
-    engine = Engine(plan.device, settings.device_index, plan.compute_type, settings.cpu_threads or os.cpu_count() or 0)
-    for name in settings.models:
-        path = await registry.resolve(name)
-        await asyncio.to_thread(engine.load, name, path)
-    return engine
+async def start_device(
+    settings: Settings,
+    registry: ModelRegistry,
+    device: WorkerDevice,
+    *,
+    probe: DeviceProbe | None = None,
+    factory: ModelFactory = whisper_factory,
+) -> WorkerDevice:
+    """:func:`decide_and_load` in a thread, resolving models on this event loop."""
+    resolve = blocking_resolver(registry, asyncio.get_running_loop())
+    return await asyncio.to_thread(decide_and_load, settings, probe or SystemProbe(), resolve, factory, device)

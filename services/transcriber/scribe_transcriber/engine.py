@@ -1,22 +1,38 @@
-"""faster-whisper, loaded once per model, decoding a batch job in a worker thread.
+"""faster-whisper models on one device: loaded and measured once, decoding batch jobs in a thread.
+
+:class:`ModelLoader` loads a model at a compute type and measures the memory it takes (CPU:
+resident set size before/after; CUDA: NVML used memory before/after); it is the ``measure``
+callback of :func:`scribe_libs.devices.decide` at start-up, so the decision works on real numbers.
+:class:`Engine` holds the models of the decision in effect.
 
 Batch jobs go through faster-whisper's ``BatchedInferencePipeline`` (Silero VAD chunks decoded
 ``batch_size`` at a time; on 2 CPU cores this measured ~10x faster than sequential decoding).
 The pipeline yields segments batch by batch; between them the engine reports progress and
 checks the cancel flag, so a cancel stops the job at the next chunk boundary.
+
+Out of memory during a job (CTranslate2 raises ``RuntimeError: CUDA failed with error out of
+memory``): the engine takes the next step down (:func:`scribe_libs.devices.oom_downgrade`:
+lower precision, then a smaller model), reloads and runs the job again, at most
+``MAX_OOM_DOWNGRADES`` (2) times; then the job fails with :class:`OutOfMemory`
+(``FAILED_PRECONDITION``, reason ``OUT_OF_MEMORY``), which the worker records as FAILED.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from scribe.v1 import transcript_pb2
 from scribe_libs.audio import WHISPER_SAMPLE_RATE, decode_for_whisper
+from scribe_libs.devices import MAX_OOM_DOWNGRADES, Decision, canonical_model, nvml_handle, oom_downgrade
+from scribe_libs.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +40,30 @@ log = logging.getLogger(__name__)
 #: into windows of this length (the batched pipeline needs clip boundaries).
 CHUNK_SECONDS = 30.0
 DEFAULT_BEAM_SIZE = 5
+
+#: ``factory(path, device, device_index, compute_type, cpu_threads) -> (model, pipeline)``; the
+#: pipeline has faster-whisper's ``transcribe(audio, **options) -> (segments, info)``.
+ModelFactory = Callable[[Path, str, int, str, int], tuple[Any, Any]]
+#: ``resolve(model name) -> directory`` (blocking; the registry's resolve run on the event loop).
+Resolve = Callable[[str], Path]
+
+
+class OutOfMemory(FailedPrecondition):
+    """A job ran out of device memory after the allowed downgrades (reason ``OUT_OF_MEMORY``)."""
+
+    def __init__(self, message: str, metadata: dict[str, str] | None = None):
+        super().__init__("OUT_OF_MEMORY", message, metadata)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is CTranslate2's (or the allocator's) out-of-memory error.
+
+    CTranslate2 raises ``RuntimeError("CUDA failed with error out of memory")`` on the GPU and
+    ``std::bad_alloc`` (Python ``MemoryError``) on the CPU.
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def rss_bytes() -> int:
@@ -37,6 +77,48 @@ def rss_bytes() -> int:
         return 0
 
 
+class MemoryGauge:
+    """Memory in use on one device, bytes: RSS of this process on CPU, NVML used memory on CUDA.
+
+    On CUDA the figure is the whole GPU's used memory (other processes included): the transcriber
+    owns its GPU, so the before/after difference is what the model took. Without NVML it reports
+    ``None`` and the decision keeps its estimate.
+    """
+
+    def __init__(self, device: str, device_index: int = 0, nvml_module: Any | None = None):
+        self.device = device
+        self.device_index = device_index
+        self._nvml = nvml_module
+        self._handle: Any | None = None
+
+    def used_bytes(self) -> int | None:
+        """Bytes in use now, or ``None`` when the device's memory cannot be read."""
+        if self.device == "cpu":
+            return rss_bytes() or None
+        try:
+            if self._handle is None:
+                if self._nvml is None:
+                    import pynvml
+
+                    self._nvml = pynvml
+                self._nvml.nvmlInit()
+                self._handle = nvml_handle(self._nvml, self.device_index)
+            return int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used)
+        except Exception:  # noqa: BLE001 - no NVML: the estimate stands
+            log.debug("NVML memory query failed", exc_info=True)
+            return None
+
+
+def whisper_factory(path: Path, device: str, device_index: int, compute_type: str, cpu_threads: int) -> tuple[Any, Any]:
+    """faster-whisper's ``WhisperModel`` and its ``BatchedInferencePipeline``."""
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    model = WhisperModel(
+        str(path), device=device, device_index=device_index, compute_type=compute_type, cpu_threads=cpu_threads
+    )
+    return model, BatchedInferencePipeline(model)
+
+
 @dataclass
 class LoadedModel:
     """A resident model and what loading it cost."""
@@ -47,55 +129,197 @@ class LoadedModel:
     pipeline: object
     memory_bytes: int
     load_seconds: float
+    compute_type: str = ""
 
 
 @dataclass
-class Engine:
-    """The models this worker holds, on one device with one compute type."""
+class ModelLoader:
+    """Loads models on one device, measures them, and keeps them until released.
+
+    Attributes:
+        device: ``"cpu"`` or ``"cuda"``.
+        device_index: CUDA index.
+        cpu_threads: CTranslate2 intra-op threads (0 = all cores).
+        resolve: Model name -> directory.
+        factory: Builds the model (faster-whisper by default; tests give a fake).
+        gauge: Measures device memory (``MemoryGauge(device, device_index)`` by default).
+        loaded: ``(model, compute type)`` -> the loaded model.
+    """
 
     device: str
     device_index: int
-    compute_type: str
-    cpu_threads: int = 0
-    models: dict[str, LoadedModel] = field(default_factory=dict)
+    cpu_threads: int
+    resolve: Resolve
+    factory: ModelFactory = whisper_factory
+    gauge: MemoryGauge | None = None
+    loaded: dict[tuple[str, str], LoadedModel] = field(default_factory=dict)
 
-    def load(self, name: str, path: Path) -> LoadedModel:
-        """Load ``name`` from ``path`` and measure the memory it took (RSS delta on CPU).
+    def __post_init__(self) -> None:
+        if self.gauge is None:
+            self.gauge = MemoryGauge(self.device, self.device_index)
+        self._lock = threading.Lock()
+
+    def load(self, name: str, compute_type: str, path: Path | None = None) -> LoadedModel:
+        """The model at ``compute_type``, loaded now unless already resident.
+
+        Models held at another compute type are released first: the decision search moves from
+        one precision to the next, and the GPU should not hold both.
 
         Raises:
-            RuntimeError / ValueError from CTranslate2 when the model does not fit or the compute
-            type is unsupported on the device.
+            MemoryError: The model does not fit (CTranslate2's out-of-memory).
+            scribe_libs.models.ModelUnavailable: The model has no source.
+            RuntimeError / ValueError: CTranslate2 cannot load it (e.g. unsupported compute type).
         """
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
-
-        before, started = rss_bytes(), time.monotonic()
-        model = WhisperModel(
-            str(path),
-            device=self.device,
-            device_index=self.device_index,
-            compute_type=self.compute_type,
-            cpu_threads=self.cpu_threads,
-        )
-        loaded = LoadedModel(
-            name=name,
-            path=path,
-            model=model,
-            pipeline=BatchedInferencePipeline(model),
-            memory_bytes=max(rss_bytes() - before, 0),
-            load_seconds=time.monotonic() - started,
-        )
-        self.models[name] = loaded
+        name = canonical_model(name)
+        with self._lock:
+            key = (name, compute_type)
+            if key in self.loaded:
+                return self.loaded[key]
+            self._release([k for k in self.loaded if k[1] != compute_type])
+            path = path or self.resolve(name)
+            before, started = self.gauge.used_bytes(), time.monotonic()
+            try:
+                model, pipeline = self.factory(path, self.device, self.device_index, compute_type, self.cpu_threads)
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise MemoryError(f"loading {name} at {compute_type} on {self.device}: {exc}") from exc
+                raise
+            after = self.gauge.used_bytes()
+            memory = max(after - before, 0) if before is not None and after is not None else 0
+            loaded = LoadedModel(name, path, model, pipeline, memory, time.monotonic() - started, compute_type)
+            self.loaded[key] = loaded
         log.info(
             "model loaded",
             extra={
                 "model": name,
                 "device": self.device,
-                "compute_type": self.compute_type,
-                "memory_bytes": loaded.memory_bytes,
+                "compute_type": compute_type,
+                "memory_bytes": memory,
                 "load_seconds": round(loaded.load_seconds, 2),
             },
         )
         return loaded
+
+    def measure(self, name: str, compute_type: str) -> int | None:
+        """``decide``'s measure callback: load the model and return the bytes it took.
+
+        Returns ``None`` (keep the estimate) when the device's memory cannot be read.
+
+        Raises:
+            MemoryError: It does not fit.
+        """
+        loaded = self.load(name, compute_type)
+        return loaded.memory_bytes or None
+
+    def keep_only(self, keep: Iterable[tuple[str, str]]) -> None:
+        """Release every model except ``keep`` (``(model, compute type)`` pairs)."""
+        wanted = {(canonical_model(m), ct) for m, ct in keep}
+        with self._lock:
+            self._release([k for k in self.loaded if k not in wanted])
+
+    def _release(self, keys: list[tuple[str, str]]) -> None:
+        for key in keys:
+            del self.loaded[key]
+            log.info("model released", extra={"model": key[0], "compute_type": key[1]})
+        if keys:
+            gc.collect()  # CTranslate2 frees the weights when the Python object goes
+
+
+class Engine:
+    """The models of the decision in effect, on one device; decodes batch jobs.
+
+    Attributes:
+        loader: Loads (and measured) the models.
+        decision: The decision in effect (replaced by an out-of-memory downgrade).
+        requested: The configured models (canonical names), to map a job's model onto the
+            model that replaced it in a step down.
+        models: Model name -> loaded model, for the decision in effect.
+    """
+
+    def __init__(self, loader: ModelLoader, decision: Decision, requested: Iterable[str] = ()):
+        self.loader = loader
+        self.decision = decision
+        self.requested = [canonical_model(m) for m in requested] or list(decision.models)
+        self.models: dict[str, LoadedModel] = {}
+        self.oom_downgrades = 0
+        self._aliases: set[str] = set()
+        self._lock = threading.Lock()
+        self.adopt(decision)
+
+    @property
+    def device(self) -> str:
+        """``"cpu"`` or ``"cuda"``."""
+        return self.decision.device
+
+    @property
+    def device_index(self) -> int:
+        """CUDA index."""
+        return self.decision.device_index
+
+    @property
+    def compute_type(self) -> str:
+        """Effective compute type."""
+        return self.decision.compute_type_effective
+
+    def memory_used_by_models(self) -> int:
+        """Measured bytes of the resident models (0 where the device's memory cannot be read)."""
+        return sum(m.memory_bytes for m in {id(m): m for m in self.models.values()}.values())
+
+    def adopt(self, decision: Decision) -> None:
+        """Load the decision's resident models at its compute type; release the rest.
+
+        Raises:
+            MemoryError / RuntimeError: A model does not load (see :meth:`ModelLoader.load`).
+        """
+        ct = decision.compute_type_effective
+        self.loader.keep_only((m, ct) for m in decision.resident_models)
+        models = {m: self.loader.load(m, ct) for m in decision.resident_models}
+        self.decision, self.models = decision, models
+        for alias in self._aliases:
+            models.setdefault(alias, models[self.model_for(alias)])
+
+    def load(self, name: str, path: Path | None = None) -> LoadedModel:
+        """Make ``name`` available in :attr:`models` (for callers that look models up by name).
+
+        A configured model, or one the decision stepped down, is already resident: ``name``
+        becomes an alias of the model serving it (kept across downgrades). Any other model is
+        loaded at the effective compute type outside the decision (its memory was not planned:
+        a warning).
+        """
+        try:
+            target = self.model_for(name)
+        except FailedPrecondition:
+            log.warning("loading %s outside the device decision (its memory was not planned)", name)
+            loaded = self.loader.load(name, self.compute_type, path)
+            self.models[name] = loaded
+            return loaded
+        if name != target:
+            self._aliases.add(name)
+            self.models[name] = self.models[target]
+        return self.models[name]
+
+    def model_for(self, requested: str) -> str:
+        """The resident model that serves a job asking for ``requested``.
+
+        The model itself when resident; else, when ``requested`` is a configured model the
+        decision stepped down, the model that replaced it (logged as a warning).
+
+        Raises:
+            FailedPrecondition: reason ``MODEL_NOT_LOADED``: this worker does not serve it.
+        """
+        name = canonical_model(requested) if requested else self.decision.batch_model
+        if name in self.models:
+            return name
+        if name in self.requested:
+            position = self.requested.index(name)
+            replacement = self.decision.models[min(position, len(self.decision.models) - 1)]
+            log.warning("model %s was stepped down on this worker; the job runs with %s", name, replacement)
+            return replacement
+        raise FailedPrecondition(
+            "MODEL_NOT_LOADED",
+            f"model {requested!r} is not loaded on this worker (it has {', '.join(self.models)})",
+            {"model": requested},
+        )
 
     def transcribe(
         self,
@@ -106,7 +330,10 @@ class Engine:
         on_progress: Callable[[float, float], None],
         cancelled: threading.Event,
     ) -> tuple[transcript_pb2.Transcript, bool]:
-        """Decode ``audio_path`` with the model ``config.model`` (blocking; run in a thread).
+        """Decode ``audio_path`` with the model for ``config.model`` (blocking; run in a thread).
+
+        On out-of-memory: step down (:func:`oom_downgrade`), reload, decode again; at most
+        ``MAX_OOM_DOWNGRADES`` times per job.
 
         Args:
             audio_path: Any file PyAV decodes.
@@ -117,14 +344,63 @@ class Engine:
 
         Returns:
             (transcript, was_cancelled). A cancelled transcript holds what was decoded so far.
+            ``transcript.model`` and ``compute_type`` are what really ran.
 
         Raises:
-            KeyError: the model is not loaded here.
             scribe_libs.errors.InvalidArgument: UNDECODABLE_AUDIO.
+            FailedPrecondition: ``MODEL_NOT_LOADED``; :class:`OutOfMemory` (``OUT_OF_MEMORY``)
+                after the allowed downgrades.
         """
-        loaded = self.models[config.model]
-        started = time.monotonic()
         audio = decode_for_whisper(audio_path)
+        attempt = 0
+        while True:
+            with self._lock:
+                decision = self.decision
+                name = self.model_for(config.model)
+                loaded = self.models[name]
+            try:
+                return self._decode(loaded, decision, audio, config, batch_size, on_progress, cancelled)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                attempt += 1
+                self._downgrade(decision, attempt, exc)
+
+    def _downgrade(self, decision: Decision, attempt: int, exc: BaseException) -> None:
+        what = f"{' + '.join(decision.resident_models)} at {decision.compute_type_effective} on {decision.device}"
+        log.warning("out of memory during a job (attempt %d): %s: %s", attempt, what, exc)
+        with self._lock:
+            if self.decision is not decision:  # another thread already stepped down
+                return
+            new = oom_downgrade(decision, attempt) if attempt <= MAX_OOM_DOWNGRADES else None
+            if new is None:
+                raise OutOfMemory(
+                    f"out of memory on {decision.device} with {what} after {attempt - 1} downgrade(s) "
+                    f"(at most {MAX_OOM_DOWNGRADES}): {exc}",
+                    {"compute_type": decision.compute_type_effective, "models": ",".join(decision.resident_models)},
+                ) from exc
+            try:
+                self.adopt(new)
+            except MemoryError as load_exc:
+                raise OutOfMemory(f"out of memory reloading after a downgrade: {load_exc}") from load_exc
+            self.oom_downgrades += 1
+            log.warning(
+                "stepped down after out of memory: %s",
+                new.steps[-2] if len(new.steps) > 1 else new.steps[-1],
+                extra={"compute_type": new.compute_type_effective, "models": new.resident_models},
+            )
+
+    def _decode(
+        self,
+        loaded: LoadedModel,
+        decision: Decision,
+        audio: Any,
+        config: transcript_pb2.RecognitionConfig,
+        batch_size: int,
+        on_progress: Callable[[float, float], None],
+        cancelled: threading.Event,
+    ) -> tuple[transcript_pb2.Transcript, bool]:
+        started = time.monotonic()
         duration = len(audio) / WHISPER_SAMPLE_RATE
         vad = config.vad_filter if config.HasField("vad_filter") else True
         kwargs: dict = dict(
@@ -138,17 +414,16 @@ class Engine:
         )
         if not vad:
             kwargs["clip_timestamps"] = [
-                {"start": t, "end": min(t + CHUNK_SECONDS, duration)}
-                for t in _frange(0.0, duration, CHUNK_SECONDS)
+                {"start": t, "end": min(t + CHUNK_SECONDS, duration)} for t in _frange(0.0, duration, CHUNK_SECONDS)
             ]
         segments, info = loaded.pipeline.transcribe(audio, **kwargs)
         transcript = transcript_pb2.Transcript(
             language=info.language,
             language_probability=float(info.language_probability or 0.0),
             duration=duration,
-            model=config.model,
-            compute_type=self.compute_type,
-            device=self.device,
+            model=loaded.name,
+            compute_type=decision.compute_type_effective,
+            device=decision.device,
         )
         was_cancelled = False
         for index, segment in enumerate(segments):
@@ -173,6 +448,11 @@ class Engine:
                 break
         transcript.processing_seconds = time.monotonic() - started
         return transcript, was_cancelled
+
+
+def default_cpu_threads(configured: int) -> int:
+    """CTranslate2 intra-op threads: the configured number, else the cores this process may use."""
+    return configured or len(os.sched_getaffinity(0)) or 1
 
 
 def _frange(start: float, stop: float, step: float) -> list[float]:

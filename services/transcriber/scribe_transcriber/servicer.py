@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 import grpc
 
 from scribe.v1 import transcriber_pb2, transcriber_pb2_grpc
-from scribe_libs import __version__
 from scribe_libs import bus as busmod
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, now_timestamp
 from scribe_libs.models import ModelRegistry
 from scribe_libs.objectstore import open_store
 from scribe_libs.server import GrpcServer, start_grpc_server
 from scribe_transcriber.config import Settings
-from scribe_transcriber.device import DevicePlan, load_engine, plan_device
+from scribe_transcriber.decode import DecodeBatcher, serve_decode, start_decoder
+from scribe_transcriber.device import WorkerDevice, start_device
 from scribe_transcriber.engine import Engine
+from scribe_transcriber.podlabels import labeler_from
 from scribe_transcriber.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -33,41 +34,23 @@ class TranscriberState:
     """What GetProfile and the heartbeat report."""
 
     settings: Settings
-    plan: DevicePlan
+    device: WorkerDevice = field(default_factory=WorkerDevice)
     engine: Engine | None = None
     worker: Worker | None = None
+    decoder: DecodeBatcher | None = None
     port: int = 0
     start_time: object = field(default_factory=now_timestamp)
 
     def profile(self) -> transcriber_pb2.WorkerProfile:
-        """The current WorkerProfile."""
-        s, plan = self.settings, self.plan
-        engine = self.engine
-        profile = transcriber_pb2.WorkerProfile(
-            worker_id=s.worker_id,
-            pod=s.pod_name,
-            node=s.node_name,
-            pool=s.pool,
-            device=plan.device,
-            gpu_name=plan.gpu_name,
-            compute_capability=plan.compute_capability,
-            memory_total_bytes=plan.memory_total_bytes,
-            memory_free_bytes=plan.memory_free_bytes,
-            memory_used_by_models_bytes=sum(m.memory_bytes for m in engine.models.values()) if engine else 0,
-            compute_type_requested=s.compute_type,
-            compute_type_effective=plan.compute_type,
-            models_loaded=list(engine.models) if engine else [],
-            batch_capacity=1,
-            realtime_capacity=0,
+        """The current WorkerProfile (scribe_transcriber.device: the decision and its reasons)."""
+        profile = self.device.profile(
+            self.settings,
+            endpoint=f"{self.settings.advertise_host}:{self.port}",
+            start_time=self.start_time.ToNanoseconds() / 1e9,
             current_load=self.worker.current_load if self.worker else 0,
             real_time_factor=self.worker.real_time_factor if self.worker else 0.0,
-            endpoint=f"{s.advertise_host}:{self.port}",
-            version=__version__,
-            cpu_cores=plan.cpu_cores,
-            decisions=plan.decisions,
         )
-        profile.start_time.CopyFrom(self.start_time)
-        profile.update_time.CopyFrom(now_timestamp())
+        profile.realtime_capacity = self.decoder.capacity if self.decoder else 0
         return profile
 
 
@@ -83,12 +66,28 @@ class TranscriberServicer(transcriber_pb2_grpc.TranscriberServicer):
         """This worker's profile."""
         return transcriber_pb2.GetProfileResponse(profile=self.state.profile())
 
+    async def Decode(  # noqa: N802 - gRPC method name
+        self, request: transcriber_pb2.DecodeRequest, context: grpc.aio.ServicerContext
+    ) -> transcriber_pb2.DecodeResponse:
+        """One streaming window (scribe_transcriber.decode)."""
+        return await serve_decode(self.state.decoder, request)
+
 
 async def _heartbeat(state: TranscriberState, bus: busmod.Bus) -> None:
-    """Write the profile to ``scribe_workers`` every WORKER_HEARTBEAT_SECONDS (TTL bucket)."""
+    """Write the profile to ``scribe_workers`` every WORKER_HEARTBEAT_SECONDS (TTL bucket).
+
+    Each beat re-reads the device's free memory; in Kubernetes the pod labels follow the profile
+    (re-patched when they change, e.g. after an out-of-memory downgrade).
+    """
+    s = state.settings
+    labeler = labeler_from(s.pod_name, s.pod_namespace, s.kubernetes_api_host)
     while True:
         try:
-            await bus.workers.put(state.settings.worker_id, state.profile().SerializeToString())
+            await asyncio.to_thread(state.device.refresh_memory)
+            profile = state.profile()
+            await bus.workers.put(s.worker_id, profile.SerializeToString())
+            if labeler is not None:
+                await asyncio.to_thread(labeler.apply, profile, only_if_changed=True)
         except Exception:  # noqa: BLE001 - the next beat retries
             log.warning("could not write worker profile", exc_info=True)
         await asyncio.sleep(busmod.WORKER_HEARTBEAT_SECONDS)
@@ -100,15 +99,14 @@ async def create_server(settings: Settings) -> GrpcServer:
     Model loading runs in a thread; the server answers health checks meanwhile. If a model is
     unavailable the server stays NOT_SERVING and the error is logged.
     """
-    plan = plan_device(settings)
-    state = TranscriberState(settings=settings, plan=plan)
+    state = TranscriberState(settings=settings)
     server = await start_grpc_server(
         settings,
         lambda s: transcriber_pb2_grpc.add_TranscriberServicer_to_server(TranscriberServicer(state), s),
         [transcriber_pb2.DESCRIPTOR.services_by_name["Transcriber"].full_name],
     )
     state.port = server.port
-    bus = await busmod.connect(settings.nats, f"scribe-transcriber-{settings.worker_id}")
+    bus = await busmod.connect(settings.nats, f"scribe-transcriber-{settings.worker_id}", settings.retention_days * 86400)
     store = open_store(settings.store)
     await store.ensure_bucket(AUDIO_BUCKET)
     await store.ensure_bucket(RESULTS_BUCKET)
@@ -116,15 +114,25 @@ async def create_server(settings: Settings) -> GrpcServer:
     tasks: list[asyncio.Task] = []
 
     async def start() -> None:
+        device = await start_device(settings, registry, state.device)
+        if device.engine is None:
+            # Not ready: health stays NOT_SERVING; the reason is logged and in GetProfile's decisions
+            # (and on the pod's scribe.dev/profile annotation in Kubernetes).
+            labeler = labeler_from(settings.pod_name, settings.pod_namespace, settings.kubernetes_api_host)
+            if labeler is not None:
+                await asyncio.to_thread(labeler.apply, state.profile())
+            return
+        engine = device.engine
         try:
-            engine = await load_engine(settings, plan, registry)
+            decoder = await start_decoder(settings, engine, registry)
         except Exception as exc:  # noqa: BLE001 - readiness stays false with the reason
             log.error("transcriber not ready: %s", getattr(exc, "message", exc), exc_info=True)
             return
         state.engine = engine
         worker = Worker(settings, bus, store, engine)
         state.worker = worker
-        tasks.append(asyncio.create_task(_heartbeat(state, bus)))
+        state.decoder = decoder
+        tasks.append(asyncio.create_task(_heartbeat(state, bus), name=f"heartbeat-{settings.worker_id}"))
         tasks.append(asyncio.create_task(worker.run()))
         await server.set_serving(True)
         log.info("transcriber ready", extra={"pool": settings.pool, "models": settings.models})
@@ -132,6 +140,8 @@ async def create_server(settings: Settings) -> GrpcServer:
     tasks.append(asyncio.create_task(start()))
 
     async def stop() -> None:
+        if state.decoder is not None:
+            await state.decoder.stop()
         if state.worker is not None:
             await state.worker.stop()
         for task in tasks:

@@ -29,6 +29,7 @@ from opentelemetry import trace
 
 from scribe.v1 import jobs_pb2
 from scribe_libs import bus as busmod
+from scribe_libs import metrics
 from scribe_libs.errors import FailedPrecondition, InvalidArgument
 from scribe_libs.formats import transcript_to_json
 from scribe_libs.jobs import (
@@ -152,8 +153,11 @@ class Worker:
             await msg.ack()
             return
         if job.state == S.JOB_STATE_POSTPROCESSING:
-            # A redelivery after the raw transcript was stored: only the hand-off is missing.
+            # A redelivery after the raw transcript was stored: only the hand-off (and maybe the
+            # audio deletion) is missing. Both are safe to repeat.
             await self._handoff(task.job_id)
+            if not job.spec.retain_audio:
+                await self.store.delete(AUDIO_BUCKET, task.audio_key)
             await msg.ack()
             return
         if job.cancel_requested:
@@ -185,12 +189,14 @@ class Worker:
         await self.store.put_bytes(
             RESULTS_BUCKET, raw_transcript_key(task.job_id), transcript_to_json(transcript), "application/json"
         )
+        labels = {"pool": self.settings.pool, "model": task.config.model}
+        metrics.audio_processed.add(transcript.duration, labels)
+        metrics.job_duration.record(transcript.processing_seconds, labels)
         if transcript.duration > 0:
             rtf = transcript.processing_seconds / transcript.duration
+            metrics.real_time_factor.record(rtf, labels)
             self.real_time_factor = rtf if self.real_time_factor == 0 else 0.7 * self.real_time_factor + 0.3 * rtf
         retain = job.spec.retain_audio
-        if not retain:
-            await self.store.delete(AUDIO_BUCKET, task.audio_key)
 
         def decoded(record: jobs_pb2.Job) -> None:
             record.processed_seconds = transcript.duration
@@ -201,6 +207,9 @@ class Worker:
 
         await self.jobs.transition(task.job_id, S.JOB_STATE_POSTPROCESSING, decoded)
         await self._handoff(task.job_id)
+        # Only now: a worker killed before this point leaves the audio for the redelivery.
+        if not retain:
+            await self.store.delete(AUDIO_BUCKET, task.audio_key)
         await msg.ack()
         log.info(
             "job decoded",

@@ -1,0 +1,292 @@
+"""API keys with scopes: the server interceptor, the key file, and a client interceptor.
+
+Keys travel in gRPC metadata, ``x-api-key: <key>`` or ``authorization: Bearer <key>``. The key
+file holds only SHA-256 hashes (DESIGN.md, "Security")::
+
+    {"keys": [{"id": "acme-2026-11", "owner": "acme", "sha256": "<hex>", "scopes": ["jobs:write", "jobs:read"]},
+              {"id": "ops", "owner": "ops", "sha256": "<hex>", "scopes": ["admin"]}]}
+
+Several keys may be active at once (rotation: add the new key, move callers, remove the old
+one); the file is re-read when it changes, so rotation needs no restart. Keys are 256-bit random
+tokens (:func:`generate_key`), so an unsalted fast hash is enough: guessing a key is as hard as
+guessing the hash input (the reasoning GitHub and Stripe apply to their tokens); a slow password
+hash would only add latency to every call.
+
+Scopes: ``jobs:write`` (create, cancel, delete jobs), ``jobs:read`` (read jobs, transcripts,
+workers, glossaries), ``stream`` (live streaming and the transcriber's Decode), ``admin``
+(everything, every caller's jobs, glossary changes). A method not listed needs ``admin``
+(deny by default). Health and reflection are always open. Callers see only jobs whose
+``owner`` is theirs (an other caller's job is NOT_FOUND), unless admin.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from pydantic import BaseModel, Field, SecretStr
+
+from scribe_libs.errors import PermissionDenied, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+SCOPES = frozenset({"jobs:write", "jobs:read", "stream", "admin"})
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
+                 "/grpc.reflection.v1.ServerReflection/")
+#: Scope each RPC needs; anything else needs admin.
+METHOD_SCOPES: dict[str, str] = {
+    "/scribe.v1.Ingest/CreateJob": "jobs:write",
+    "/scribe.v1.Results/GetJob": "jobs:read",
+    "/scribe.v1.Results/ListJobs": "jobs:read",
+    "/scribe.v1.Results/WatchJob": "jobs:read",
+    "/scribe.v1.Results/GetTranscript": "jobs:read",
+    "/scribe.v1.Results/CancelJob": "jobs:write",
+    "/scribe.v1.Results/DeleteJob": "jobs:write",
+    "/scribe.v1.Results/ListWorkers": "jobs:read",
+    "/scribe.v1.Transcriber/GetProfile": "jobs:read",
+    "/scribe.v1.Transcriber/Decode": "stream",
+    "/scribe.v1.StreamGateway/StreamingRecognize": "stream",
+    "/scribe.v1.Glossaries/GetGlossary": "jobs:read",
+    "/scribe.v1.Glossaries/ListGlossaries": "jobs:read",
+    "/scribe.v1.Glossaries/PutGlossary": "admin",
+    "/scribe.v1.Glossaries/DeleteGlossary": "admin",
+}
+
+
+class AuthSettings(BaseModel):
+    """API key checking."""
+
+    enabled: bool = Field(True, description="Require an API key on every RPC but health and reflection.")
+    keys_file: str = Field("", description="JSON key file (hashes only), e.g. mounted from a Kubernetes Secret.")
+    keys_json: SecretStr = Field(SecretStr(""), description="The key file's content, when given by environment.")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key id, the owner its jobs belong to, its scopes."""
+
+    key_id: str
+    owner: str
+    scopes: frozenset[str]
+
+    @property
+    def admin(self) -> bool:
+        """True for the admin scope (sees every caller's jobs)."""
+        return "admin" in self.scopes
+
+    def can(self, scope: str) -> bool:
+        """True if the key has ``scope`` (admin has every scope)."""
+        return self.admin or scope in self.scopes
+
+
+#: Used when auth is disabled (embedded development, tests of other features).
+ANONYMOUS_ADMIN = Principal(key_id="", owner="", scopes=frozenset({"admin"}))
+_current: contextvars.ContextVar[Principal] = contextvars.ContextVar("scribe_principal", default=ANONYMOUS_ADMIN)
+
+
+def current_principal() -> Principal:
+    """The caller of the RPC being served."""
+    return _current.get()
+
+
+def can_see(principal: Principal, owner: str) -> bool:
+    """True if ``principal`` may see a job owned by ``owner``."""
+    return principal.admin or principal.owner == owner
+
+
+def hash_key(key: str) -> str:
+    """Hex SHA-256 of a key, as stored in the key file."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def generate_key(key_id: str, owner: str, scopes: list[str]) -> tuple[str, dict[str, Any]]:
+    """A new random key (``sk_`` + 43 url-safe characters = 256 bits) and its key-file entry."""
+    unknown = set(scopes) - SCOPES
+    if unknown:
+        raise ValueError(f"unknown scopes {sorted(unknown)}; known: {sorted(SCOPES)}")
+    key = "sk_" + secrets.token_urlsafe(32)
+    return key, {"id": key_id, "owner": owner, "sha256": hash_key(key), "scopes": sorted(scopes)}
+
+
+class KeyRing:
+    """The active keys, re-read from the file when its modification time changes."""
+
+    def __init__(self, settings: AuthSettings, clock: Callable[[], float] = time.monotonic):
+        self.settings = settings
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._by_hash: dict[str, Principal] = {}
+        self._mtime: float | None = None
+        self._checked = float("-inf")
+        self._load(force=True)
+
+    def _parse(self, text: str) -> dict[str, Principal]:
+        data = json.loads(text) if text.strip() else {"keys": []}
+        out = {}
+        for entry in data.get("keys", []):
+            if entry.get("disabled"):
+                continue
+            scopes = frozenset(entry.get("scopes", [])) & SCOPES
+            out[entry["sha256"].lower()] = Principal(entry["id"], entry.get("owner") or entry["id"], scopes)
+        return out
+
+    def _load(self, force: bool = False) -> None:
+        path = self.settings.keys_file
+        if not path:
+            self._by_hash = self._parse(self.settings.keys_json.get_secret_value())
+            return
+        try:
+            mtime = os.stat(path).st_mtime
+        except FileNotFoundError:
+            log.error("API key file %s not found; every call is refused", path)
+            self._by_hash = {}
+            return
+        if force or mtime != self._mtime:
+            self._by_hash = self._parse(Path(path).read_text())
+            self._mtime = mtime
+            log.info("API keys loaded", extra={"keys": len(self._by_hash)})
+
+    def lookup(self, key: str) -> Principal | None:
+        """The principal of ``key``, or None. Re-reads the key file at most once a second."""
+        now = self.clock()
+        with self._lock:
+            if now - self._checked >= 1.0:
+                self._checked = now
+                try:
+                    self._load()
+                except (OSError, ValueError, KeyError) as exc:
+                    log.error("API key file unreadable, keeping the previous keys: %s", exc)
+            return self._by_hash.get(hash_key(key))
+
+
+def _key_from(metadata: Any) -> str:
+    for item in metadata or ():
+        name, value = item
+        if name == "x-api-key":
+            return value if isinstance(value, str) else value.decode()
+        if name == "authorization":
+            text = value if isinstance(value, str) else value.decode()
+            if text.lower().startswith("bearer "):
+                return text[7:].strip()
+    return ""
+
+
+def authorize(keyring: KeyRing | None, method: str, metadata: Any) -> Principal:
+    """The caller's principal for ``method``.
+
+    Raises:
+        Unauthenticated: ``API_KEY_MISSING`` or ``API_KEY_INVALID``.
+        PermissionDenied: ``SCOPE_MISSING`` (the key lacks the method's scope).
+    """
+    if keyring is None:
+        return ANONYMOUS_ADMIN
+    key = _key_from(metadata)
+    if not key:
+        raise Unauthenticated("API_KEY_MISSING", "an API key is required (metadata x-api-key or authorization: Bearer)")
+    principal = keyring.lookup(key)
+    if principal is None:
+        raise Unauthenticated("API_KEY_INVALID", "the API key is not valid")
+    scope = METHOD_SCOPES.get(method, "admin")
+    if not principal.can(scope):
+        raise PermissionDenied(
+            "SCOPE_MISSING", f"{method} needs scope {scope!r}; the key has {sorted(principal.scopes)}",
+            {"scope": scope, "key_id": principal.key_id},
+        )
+    return principal
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Checks the API key of every RPC but health and reflection; exposes the caller to servicers."""
+
+    def __init__(self, keyring: KeyRing | None):
+        self.keyring = keyring
+
+    async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        """Wrap the handler so the check and the principal run inside the handler's own task."""
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_PREFIXES):
+            return handler
+        keyring, method, metadata = self.keyring, details.method, details.invocation_metadata
+
+        def wrap(behavior: Callable[..., Any], streaming_response: bool) -> Callable[..., Any]:
+            if streaming_response:
+                async def stream_wrapper(request: Any, context: Any) -> Any:
+                    _current.set(authorize(keyring, method, metadata))
+                    async for item in behavior(request, context):
+                        yield item
+
+                return stream_wrapper
+
+            async def unary_wrapper(request: Any, context: Any) -> Any:
+                _current.set(authorize(keyring, method, metadata))
+                return await behavior(request, context)
+
+            return unary_wrapper
+
+        for kind, factory, streaming in (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler, False),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler, False),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler, True),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler, True),
+        ):
+            behavior = getattr(handler, kind)
+            if behavior:
+                return factory(wrap(behavior, streaming), handler.request_deserializer, handler.response_serializer)
+        return handler
+
+
+def server_keyring(settings: AuthSettings) -> KeyRing | None:
+    """The key ring for a server, or None when auth is disabled (logged as a warning)."""
+    if not settings.enabled:
+        log.warning("API key checking is DISABLED; every caller is admin")
+        return None
+    return KeyRing(settings)
+
+
+class ApiKeyClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``x-api-key`` to every call of a (synchronous) channel: ``grpc.intercept_channel(ch, it)``."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def _details(self, details: Any) -> Any:
+        metadata = [*(details.metadata or []), ("x-api-key", self.key)]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(details, metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):  # noqa: ANN001, ANN201, D102
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # noqa: ANN001, ANN201, D102
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):  # noqa: ANN001, ANN201, D102
+        return continuation(self._details(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):  # noqa: ANN001, ANN201, D102
+        return continuation(self._details(details), request_iterator)
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, base: Any, metadata: list[tuple[str, str]]):
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = getattr(base, "wait_for_ready", None)
+        self.compression = getattr(base, "compression", None)

@@ -1,0 +1,251 @@
+"""One live call: raw audio in, results out, and the finished call stored as a job.
+
+A :class:`CallSession` holds a :class:`~scribe_libs.callaudio.CallAudioDecoder` and one
+:class:`~scribe_libs.streaming.ChannelStream` per channel. The channels are pushed concurrently,
+so their windows reach the workers together (and are decoded in one batch there). Each channel's
+decode callable sends a ``Transcriber.Decode`` through :class:`~scribe_stream_gateway.workers.WorkerPool`
+(failover included), so a failing worker never loses the channel's audio: the window is simply
+decoded elsewhere.
+
+Storage (DESIGN.md: calls and files share one history): :meth:`CallSession.store` writes the finals
+as ``results/<job_id>/raw.json`` (one segment per final, with its channel), creates the job record
+(pool ``stream``, state POSTPROCESSING) and publishes the PostprocessTask, exactly the transcriber's
+hand-off, so postprocess renders json/txt/srt/vtt and completes it. With ``retain_audio`` the call's
+audio is recorded as it arrives to a temporary 16 kHz 16-bit WAV (on disk, so memory stays bounded)
+and uploaded as the job's original audio; otherwise no audio is written anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import tempfile
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from scribe.v1 import jobs_pb2, streaming_pb2, transcriber_pb2, transcript_pb2
+from scribe_libs import bus as busmod
+from scribe_libs.callaudio import TARGET_SAMPLE_RATE, CallAudioDecoder, float_to_int16
+from scribe_libs.formats import transcript_to_json
+from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, JobStore, audio_key, now_timestamp, raw_transcript_key
+from scribe_libs.objectstore import ObjectStore
+from scribe_libs.streaming import ChannelStream, Result, SpeechEvent, SpeechEventType, StreamConfig, VadConfig, Word
+from scribe_stream_gateway.options import SessionOptions
+from scribe_stream_gateway.workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+R = streaming_pb2.StreamingRecognizeResponse
+#: Silero speech threshold for telephone-band audio (<= 8 kHz, upsampled to 16 kHz). Without the
+#: energy above 4 kHz Silero scores soft onsets lower: on jfk.flac as 8 kHz mu-law the default 0.5
+#: started "ask not" 0.7 s late and the word "ask" was lost; 0.35 found it at the 16 kHz position
+#: (DTMF and tones stay below 0.25, see scribe_libs.streaming.vad).
+NARROWBAND_VAD_THRESHOLD = 0.35
+_EVENT_TYPES = {
+    SpeechEventType.SPEECH_BEGIN: streaming_pb2.SPEECH_EVENT_TYPE_SPEECH_BEGIN,
+    SpeechEventType.SPEECH_END: streaming_pb2.SPEECH_EVENT_TYPE_SPEECH_END,
+}
+
+
+class CallSession:
+    """The state of one StreamingRecognize call.
+
+    Args:
+        job_id: Id the stored call will get.
+        options: The validated config.
+        workers: Decode with failover.
+        vad_session: Shared Silero ONNX session.
+    """
+
+    def __init__(self, job_id: str, options: SessionOptions, workers: WorkerPool, vad_session=None):  # noqa: ANN001
+        self.job_id = job_id
+        self.options = options
+        self.workers = workers
+        self.decoder = CallAudioDecoder(options.encoding, options.sample_rate, options.channels, field_prefix="config.")
+        threshold = NARROWBAND_VAD_THRESHOLD if options.sample_rate <= 8000 else VadConfig.threshold
+        stream_config = StreamConfig(
+            vad=VadConfig(endpointing_ms=options.endpointing_ms, threshold=threshold),
+            interim_results=options.interim_results,
+        )
+        self.channels = [
+            ChannelStream(self._decoder_for(c), c, stream_config, vad_session) for c in range(options.channels)
+        ]
+        self.started = time.monotonic()
+        self.start_timestamp = now_timestamp()
+        self.finals: list[Result] = []
+        self.decodes = 0
+        self.retries = 0
+        self.language = options.language
+        self.model = options.model
+        self.worker_ids: set[str] = set()
+        self.owner = ""
+        """Owner of the stored job (the caller's API key owner)."""
+        self._recording: tempfile._TemporaryFileWrapper | None = None
+        self._wav: wave.Wave_write | None = None
+        if options.config.retain_audio:
+            self._recording = tempfile.NamedTemporaryFile(prefix="scribe-call-", suffix=".wav")  # noqa: SIM115
+            self._wav = wave.open(self._recording, "wb")  # noqa: SIM115 - closed in close()
+            self._wav.setnchannels(options.channels)
+            self._wav.setsampwidth(2)
+            self._wav.setframerate(TARGET_SAMPLE_RATE)
+
+    @property
+    def audio_seconds(self) -> float:
+        """Call audio received per channel, seconds."""
+        return self.decoder.input_seconds
+
+    # --- the call ------------------------------------------------------------------------------
+
+    async def audio(self, chunk: bytes) -> list[R]:
+        """Process a chunk of raw audio; returns the responses it produced."""
+        return await self._push(self.decoder.decode(chunk))
+
+    async def force_finalize(self) -> list[R]:
+        """Close the utterance in progress on every channel."""
+        groups = await asyncio.gather(*(c.force_finalize() for c in self.channels))
+        return self._responses(groups)
+
+    async def finish(self) -> list[R]:
+        """End of the caller's audio: flush the resamplers, close every channel; the last finals."""
+        out = await self._push(self.decoder.flush())
+        groups = await asyncio.gather(*(c.close() for c in self.channels))
+        return out + self._responses(groups)
+
+    def summary(self, job_id: str) -> R:
+        """The end-of-stream summary."""
+        return R(
+            summary=streaming_pb2.StreamSummary(
+                audio_seconds=round(self.audio_seconds, 3), job_id=job_id, final_results=len(self.finals),
+                decodes=self.decodes, decode_retries=self.retries,
+            )
+        )
+
+    def close(self) -> None:
+        """Release the recording (idempotent)."""
+        if self._wav is not None:
+            with contextlib.suppress(Exception):
+                self._wav.close()
+            self._wav = None
+        if self._recording is not None:
+            with contextlib.suppress(Exception):
+                self._recording.close()
+            self._recording = None
+
+    async def _push(self, per_channel: list[np.ndarray]) -> list[R]:
+        if self._wav is not None and len(per_channel[0]):
+            frames = np.stack(per_channel, axis=1) if len(per_channel) > 1 else per_channel[0]
+            await asyncio.to_thread(self._wav.writeframes, float_to_int16(frames).astype("<i2").tobytes())
+        groups = await asyncio.gather(*(c.push(s) for c, s in zip(self.channels, per_channel, strict=True)))
+        return self._responses(groups)
+
+    def _decoder_for(self, channel: int):  # noqa: ANN202 - the ChannelStream decode coroutine
+        async def decode(audio: np.ndarray, prompt: str) -> list[Word]:
+            request = transcriber_pb2.DecodeRequest(
+                audio=float_to_int16(audio).astype("<i2").tobytes(), prompt=prompt, language=self.options.language,
+                model=self.options.model, word_timestamps=True, hotwords=self.options.hotwords,
+            )
+            response, retries = await self.workers.decode(request)
+            self.decodes += 1
+            self.retries += retries
+            self.worker_ids.add(response.worker_id)
+            if response.language and not self.language:
+                self.language = response.language
+            if response.model:
+                self.model = response.model
+            return [Word(w.start, w.end, w.word, w.probability) for w in response.words]
+
+        return decode
+
+    def _responses(self, groups: list[list]) -> list[R]:
+        out: list[R] = []
+        for events in groups:
+            for event in events:
+                if isinstance(event, SpeechEvent):
+                    out.append(R(speech_event=streaming_pb2.SpeechEvent(
+                        type=_EVENT_TYPES[event.type], time=round(event.time, 3), channel=event.channel,
+                        role=self.options.roles[event.channel],
+                    )))
+                    continue
+                if event.is_final:
+                    self.finals.append(event)
+                result = streaming_pb2.StreamingResult(
+                    result_id=event.result_id, is_final=event.is_final, stability=event.stability, text=event.text,
+                    channel=event.channel, role=self.options.roles[event.channel], language=self.language,
+                    start=round(event.start, 3), end=round(event.end, 3),
+                )
+                if self.options.word_timestamps:
+                    result.words.extend(
+                        transcript_pb2.Word(start=round(w.start, 3), end=round(w.end, 3), word=w.text,
+                                            probability=w.probability)
+                        for w in event.words
+                    )
+                out.append(R(result=result))
+        return out
+
+    # --- storing the call -----------------------------------------------------------------------
+
+    def transcript(self) -> transcript_pb2.Transcript:
+        """The finals as a Transcript (one segment per final, ordered by start time)."""
+        finals = sorted((f for f in self.finals if f.words), key=lambda f: (f.start, f.channel))
+        return transcript_pb2.Transcript(
+            job_id=self.job_id, language=self.language or "", duration=self.audio_seconds, model=self.model,
+            worker_id=",".join(sorted(self.worker_ids)), processing_seconds=time.monotonic() - self.started,
+            segments=[
+                transcript_pb2.Segment(
+                    id=i, start=f.start, end=f.end, text=f.text, channel=f.channel,
+                    words=[transcript_pb2.Word(start=w.start, end=w.end, word=w.text, probability=w.probability)
+                           for w in f.words],
+                )
+                for i, f in enumerate(finals)
+            ],
+        )
+
+    async def store(self, bus: busmod.Bus, store: ObjectStore, pool: str, retention_days: int) -> str:
+        """Store the call as a job (see the module docstring); returns the job id."""
+        cfg = self.options.config
+        transcript = self.transcript()
+        await store.put_bytes(
+            RESULTS_BUCKET, raw_transcript_key(self.job_id), transcript_to_json(transcript), "application/json"
+        )
+        key = ""
+        if self._wav is not None and self._recording is not None:
+            self._wav.close()
+            self._wav = None
+            key = audio_key(self.job_id)
+            await store.put_file(AUDIO_BUCKET, key, Path(self._recording.name))
+        labels = dict(cfg.labels)
+        labels.setdefault("source", "stream")
+        if any(self.options.roles):
+            labels.setdefault("channel_roles", ",".join(self.options.roles))
+        spec = jobs_pb2.JobSpec(
+            config=transcript_pb2.RecognitionConfig(
+                language=self.options.language, model=self.model, hotwords=self.options.hotwords,
+                word_timestamps=True, vad_filter=True,
+            ),
+            labels=labels, filename="live call", retain_audio=cfg.retain_audio, glossary_ids=cfg.glossary_ids,
+            redact=cfg.redact,
+        )
+        job = jobs_pb2.Job(
+            job_id=self.job_id, state=jobs_pb2.JOB_STATE_POSTPROCESSING, spec=spec, pool=pool,
+            audio_duration=self.audio_seconds, processed_seconds=self.audio_seconds, progress=1.0,
+            language=transcript.language, audio_key=key, worker_id=",".join(sorted(self.worker_ids)),
+            owner=self.owner,
+        )
+        job.start_time.CopyFrom(self.start_timestamp)
+        expire = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=retention_days)
+        job.expire_time.FromDatetime(expire)
+        await JobStore(bus).create(job)
+        await bus.publish(
+            busmod.POSTPROCESS_SUBJECT,
+            jobs_pb2.PostprocessTask(job_id=self.job_id, raw_key=raw_transcript_key(self.job_id)),
+        )
+        log.info(
+            "call stored", extra={"job_id": self.job_id, "audio_seconds": round(self.audio_seconds, 3),
+                                  "finals": len(self.finals)},
+        )
+        return self.job_id

@@ -1,0 +1,51 @@
+"""Stream gateway settings (environment prefix ``SCRIBE_STREAM_GATEWAY_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+
+from scribe_libs.config import ServiceSettings, service_config
+
+
+class Settings(ServiceSettings):
+    """Stream gateway configuration. Durations in seconds."""
+
+    model_config = service_config("SCRIBE_STREAM_GATEWAY_")
+
+    port: int = Field(50055, description="gRPC port; 0 picks a free one.")
+    max_sessions: int = Field(
+        32, description="Concurrent sessions per gateway; more are refused with RESOURCE_EXHAUSTED and RetryInfo."
+    )
+    retry_after_seconds: float = Field(5.0, description="RetryInfo delay sent with a refused session.")
+    default_model: str = Field(
+        "", description="Model of sessions that name none; empty = each worker's realtime model."
+    )
+    max_session_seconds: float = Field(
+        4 * 3600.0, description="Longest call (audio seconds); a session's own limit may only be lower."
+    )
+    idle_timeout_seconds: float = Field(
+        30.0, description="A session with no audio, control or end for this long is closed (SESSION_IDLE)."
+    )
+    max_lead_seconds: float = Field(
+        5.0,
+        description="Flow control: the gateway stops reading a session's requests while the audio it received "
+        "is more than this far ahead of the wall clock since the first audio (gRPC then pushes back on the "
+        "sender). A negative value disables pacing (accelerated replays): requests are then read as fast as "
+        "they are processed.",
+    )
+    decode_timeout_seconds: float = Field(20.0, description="Deadline of one Transcriber.Decode call.")
+    failover_timeout_seconds: float = Field(
+        60.0,
+        description="How long a session waits for a worker to decode its window (retrying other workers as "
+        "profiles appear) before it fails with UNAVAILABLE; its audio is held meanwhile (flow control).",
+    )
+    worker_cooldown_seconds: float = Field(
+        10.0, description="A worker whose Decode failed is not picked again for this long."
+    )
+    profile_refresh_seconds: float = Field(1.0, description="Worker profiles are re-read at most this often.")
+    worker_pool: str = Field("", description="Only workers of this pool decode streams; empty = any pool.")
+    job_pool: str = Field("stream", description="Pool name recorded on the job of a stored call.")
+    worker_api_key: SecretStr = Field(
+        SecretStr(""), description="API key (scope `stream`) sent on Transcriber.Decode calls when workers check keys."
+    )
+    retention_days: int = Field(7, description="A stored call's record and transcripts expire after this many days.")

@@ -1,0 +1,217 @@
+"""``StreamGateway.StreamingRecognize``: the session loop, flow control, limits, and start-up.
+
+The loop of one call (requests are handled strictly in order):
+
+1. the session cap is checked before anything is read (RESOURCE_EXHAUSTED ``TOO_MANY_SESSIONS``
+   with RetryInfo);
+2. the first request must carry a valid ``StreamingConfig`` (INVALID_ARGUMENT otherwise) and a live
+   worker must be able to decode its model;
+3. audio is decoded, VAD'd and recognised (:class:`~scribe_stream_gateway.call.CallSession`); its
+   results are sent as they come; ``force_finalize`` closes the utterance now; ``keepalive`` only
+   resets the idle timer;
+4. on the caller's half-close: the last finals, the call stored as a job, then the summary.
+
+Flow control (never dropping audio): a reader task moves requests from the gRPC stream into a
+one-slot queue; the loop takes the next request only after the previous one was fully processed
+(its windows decoded), and, with pacing on, only while the audio received is at most
+``max_lead_seconds`` ahead of the wall clock since the first audio. While the loop does not take
+requests the reader blocks, gRPC stops reading from the transport and HTTP/2 flow control stops the
+sender once its window is full (the transport may hold up to one window, 64 KiB by default, i.e.
+4 s of 8 kHz G.711, beyond the bound).
+
+Cancellation by the caller (or a deadline): gRPC cancels the handler; the ``finally`` block stops
+the reader, releases the recording and the session slot. Nothing is stored for a cancelled call.
+Idle: no request for ``idle_timeout_seconds`` ends the session like a half-close, then fails it
+with FAILED_PRECONDITION ``SESSION_IDLE`` (the finals and the stored job are kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from scribe.v1 import streaming_pb2, streaming_pb2_grpc
+from scribe_libs import bus as busmod
+from scribe_libs.auth import current_principal
+from scribe_libs.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, new_job_id
+from scribe_libs.logs import job_context
+from scribe_libs.objectstore import ObjectStore, open_store
+from scribe_libs.server import GrpcServer, start_grpc_server
+from scribe_stream_gateway.call import CallSession
+from scribe_stream_gateway.config import Settings
+from scribe_stream_gateway.options import validate_streaming_config
+from scribe_stream_gateway.workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+Req = streaming_pb2.StreamingRecognizeRequest
+Resp = streaming_pb2.StreamingRecognizeResponse
+_END = object()
+
+
+class StreamGatewayServicer(streaming_pb2_grpc.StreamGatewayServicer):
+    """Implements scribe.v1.StreamGateway."""
+
+    def __init__(self, settings: Settings, bus: busmod.Bus, store: ObjectStore, workers: WorkerPool, vad_session):  # noqa: ANN001
+        self.settings = settings
+        self.bus = bus
+        self.store = store
+        self.workers = workers
+        self.vad_session = vad_session
+        self.active = 0
+
+    async def StreamingRecognize(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[Req], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Resp]:
+        """See protos/scribe/v1/streaming.proto."""
+        if self.active >= self.settings.max_sessions:
+            raise ResourceExhausted(
+                "TOO_MANY_SESSIONS", f"the gateway runs its maximum of {self.settings.max_sessions} sessions",
+                subject="stream-gateway:sessions", retry_after=self.settings.retry_after_seconds,
+            )
+        self.active += 1
+        queue: asyncio.Queue = asyncio.Queue(maxsize=1)
+        reader = asyncio.create_task(self._read(request_iterator, queue))
+        session: CallSession | None = None
+        try:
+            first = await self._next(queue)
+            if first is _END or first.WhichOneof("request") != "config":
+                raise InvalidArgument(
+                    "CONFIG_REQUIRED", "the first StreamingRecognize message must carry the StreamingConfig",
+                    field="config",
+                )
+            options = validate_streaming_config(first.config, self.settings)
+            await self.workers.check_model(options.model)
+            job_id = new_job_id()
+            session = CallSession(job_id, options, self.workers, self.vad_session)
+            session.owner = current_principal().owner  # the stored call belongs to the caller's key
+            with job_context(job_id):
+                log.info("session started", extra={"encoding": options.encoding, "sample_rate": options.sample_rate,
+                                                   "channels": options.channels})
+                async for response in self._run(session, queue):
+                    yield response
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(reader, timeout=2.0)
+            if session is not None:
+                session.close()
+            self.active -= 1
+
+    async def _run(self, session: CallSession, queue: asyncio.Queue) -> AsyncIterator[Resp]:
+        settings = self.settings
+        first_audio: float | None = None
+        limit = session.options.max_session_seconds
+        while True:
+            if first_audio is not None and settings.max_lead_seconds >= 0:
+                lead = session.audio_seconds - (time.monotonic() - first_audio)
+                if lead > settings.max_lead_seconds:
+                    # Ahead of real time: hold the stream (the reader blocks; gRPC pushes back).
+                    await asyncio.sleep(lead - settings.max_lead_seconds)
+            try:
+                request = await asyncio.wait_for(queue.get(), timeout=settings.idle_timeout_seconds)
+            except TimeoutError:
+                for response in await session.finish():
+                    yield response
+                job_id = await self._store(session)
+                yield session.summary(job_id)
+                raise FailedPrecondition(
+                    "SESSION_IDLE", f"no audio, control or end of stream for {settings.idle_timeout_seconds:.0f} s"
+                ) from None
+            if isinstance(request, BaseException):
+                raise request
+            if request is _END:
+                break
+            kind = request.WhichOneof("request")
+            if kind == "audio":
+                if first_audio is None:
+                    first_audio = time.monotonic()
+                for response in await session.audio(request.audio):
+                    yield response
+                if session.audio_seconds > limit:
+                    for response in await session.finish():
+                        yield response
+                    job_id = await self._store(session)
+                    yield session.summary(job_id)
+                    raise ResourceExhausted(
+                        "SESSION_TOO_LONG", f"the session passed its limit of {limit:.0f} s of audio",
+                        subject="stream-gateway:session-duration",
+                    )
+            elif kind == "control":
+                action = request.control.action
+                if action == streaming_pb2.CONTROL_ACTION_FORCE_FINALIZE:
+                    for response in await session.force_finalize():
+                        yield response
+                elif action != streaming_pb2.CONTROL_ACTION_KEEPALIVE:
+                    raise InvalidArgument("UNKNOWN_CONTROL", "control.action must be set", field="control.action")
+            else:
+                raise InvalidArgument(
+                    "CONFIG_REPEATED" if kind == "config" else "EMPTY_REQUEST",
+                    "only the first message may carry a config; later ones carry audio or control",
+                    field="config" if kind == "config" else "request",
+                )
+        for response in await session.finish():
+            yield response
+        job_id = await self._store(session)
+        log.info("session ended", extra={"audio_seconds": round(session.audio_seconds, 3), "decodes": session.decodes,
+                                         "decode_retries": session.retries})
+        yield session.summary(job_id)
+
+    async def _store(self, session: CallSession) -> str:
+        try:
+            return await session.store(self.bus, self.store, self.settings.job_pool, self.settings.retention_days)
+        except Exception:  # noqa: BLE001 - the caller has its finals; the summary says the job is missing
+            log.exception("storing the call failed")
+            return ""
+
+    @staticmethod
+    async def _next(queue: asyncio.Queue) -> object:
+        item = await queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    @staticmethod
+    async def _read(request_iterator: AsyncIterator[Req], queue: asyncio.Queue) -> None:
+        """Move requests into the one-slot queue (blocks while the session loop is busy)."""
+        try:
+            async for request in request_iterator:
+                await queue.put(request)
+            await queue.put(_END)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to the loop, which raises it
+            await queue.put(exc)
+
+
+async def create_server(settings: Settings) -> GrpcServer:
+    """Connect to NATS and the store, load Silero VAD, start the server; SERVING when all are ready."""
+    from scribe_libs.streaming.vad import load_silero_session
+
+    bus = await busmod.connect(settings.nats, "scribe-stream-gateway")
+    store = open_store(settings.store)
+    await store.ensure_bucket(AUDIO_BUCKET)
+    await store.ensure_bucket(RESULTS_BUCKET, expiry_days=settings.retention_days)
+    vad_session = await asyncio.to_thread(load_silero_session)
+    workers = WorkerPool(bus, settings)
+    servicer = StreamGatewayServicer(settings, bus, store, workers, vad_session)
+    server = await start_grpc_server(
+        settings,
+        lambda s: streaming_pb2_grpc.add_StreamGatewayServicer_to_server(servicer, s),
+        [streaming_pb2.DESCRIPTOR.services_by_name["StreamGateway"].full_name],
+    )
+
+    async def stop() -> None:
+        await workers.close()
+        await bus.close()
+
+    server.on_stop.append(stop)
+    await server.set_serving(True)
+    log.info("stream gateway ready", extra={"max_sessions": settings.max_sessions})
+    return server

@@ -1,0 +1,189 @@
+"""Which transcriber decodes a window, and failover when one fails.
+
+Workers advertise themselves in the ``scribe_workers`` bucket (``WorkerProfile``, TTL
+``WORKER_TTL_SECONDS``; a stopped worker deletes its profile). A worker can decode streams when its
+profile has ``realtime_capacity > 0`` and an ``endpoint``; it can decode a session's model when the
+model is in ``models_loaded`` (or the session names none: the worker's realtime model).
+
+Choice: the least loaded candidate, load = this gateway's Decode calls in flight to the worker
+divided by its realtime capacity, plus the batch jobs it runs (``current_load``) as a tie-breaker;
+ties go to the worker id in order, so one session's windows stay on one worker while loads are even.
+
+Failover: a Decode call that fails with a transport or server error (UNAVAILABLE, DEADLINE_EXCEEDED,
+INTERNAL, UNKNOWN, CANCELLED, RESOURCE_EXHAUSTED, ABORTED, FAILED_PRECONDITION) puts the worker in a
+cooldown and the same window goes to the next candidate. When none is left, the call waits for a
+profile to (re)appear, re-reading the bucket, until ``failover_timeout_seconds``; the session's audio
+is held meanwhile (the gateway stops reading the caller's stream, so gRPC flow control pushes back),
+never dropped. Only INVALID_ARGUMENT (a window the worker can never decode) is raised at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+
+import grpc
+
+from scribe.v1 import transcriber_pb2, transcriber_pb2_grpc
+from scribe_libs.bus import Bus
+from scribe_libs.errors import FailedPrecondition, InvalidArgument, Unavailable
+from scribe_libs.queue import live_profiles
+from scribe_stream_gateway.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Status codes after which the same window is retried on another worker.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
+
+class WorkerPool:
+    """Live realtime workers, their gRPC channels, and Decode with failover.
+
+    Args:
+        bus: For the ``scribe_workers`` bucket.
+        settings: Timeouts, cooldown, pool filter.
+    """
+
+    def __init__(self, bus: Bus, settings: Settings):
+        self.bus = bus
+        self.settings = settings
+        self._profiles: list[transcriber_pb2.WorkerProfile] = []
+        self._fetched_at = float("-inf")
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._in_flight: dict[str, int] = defaultdict(int)
+        self._cooldown_until: dict[str, float] = {}
+        self._refresh_lock = asyncio.Lock()
+
+    async def profiles(self, refresh: bool = False) -> list[transcriber_pb2.WorkerProfile]:
+        """Realtime-capable profiles, re-read at most every ``profile_refresh_seconds`` unless ``refresh``."""
+        async with self._refresh_lock:
+            now = time.monotonic()
+            if refresh or now - self._fetched_at >= self.settings.profile_refresh_seconds:
+                profiles = await live_profiles(self.bus.workers, self.settings.worker_pool or None)
+                self._profiles = [p for p in profiles if p.realtime_capacity > 0 and p.endpoint]
+                self._fetched_at = now
+            return list(self._profiles)
+
+    async def check_model(self, model: str) -> None:
+        """Refuse a session no live worker could decode.
+
+        Raises:
+            Unavailable: ``NO_REALTIME_WORKER`` when no worker serves Decode now (retry later).
+            FailedPrecondition: ``MODEL_NOT_SERVED`` when workers exist but none has ``model`` loaded.
+        """
+        profiles = await self.profiles(refresh=True)
+        if not profiles:
+            raise Unavailable("NO_REALTIME_WORKER", "no transcriber serving streaming decode is live")
+        if model and not any(model in p.models_loaded for p in profiles):
+            loaded = sorted({m for p in profiles for m in p.models_loaded})
+            raise FailedPrecondition(
+                "MODEL_NOT_SERVED", f"no live streaming worker has model {model!r} loaded (loaded: {', '.join(loaded)})"
+            )
+
+    def candidates(
+        self, profiles: list[transcriber_pb2.WorkerProfile], model: str
+    ) -> list[transcriber_pb2.WorkerProfile]:
+        """Profiles able to decode ``model``, not cooling down, least loaded first."""
+        now = time.monotonic()
+        usable = [
+            p for p in profiles
+            if (not model or model in p.models_loaded) and self._cooldown_until.get(p.endpoint, 0.0) <= now
+        ]
+        return sorted(
+            usable,
+            key=lambda p: (self._in_flight[p.endpoint] / max(p.realtime_capacity, 1), p.current_load, p.worker_id),
+        )
+
+    async def decode(self, request: transcriber_pb2.DecodeRequest) -> tuple[transcriber_pb2.DecodeResponse, int]:
+        """Decode one window on the best worker, failing over until one answers.
+
+        Returns:
+            (response, retries): retries counts the failed attempts before the answer.
+
+        Raises:
+            InvalidArgument: the worker rejected the window itself.
+            Unavailable: ``NO_REALTIME_WORKER`` after ``failover_timeout_seconds`` without any answer.
+        """
+        deadline = time.monotonic() + self.settings.failover_timeout_seconds
+        retries = 0
+        wait = 0.1
+        refresh = False
+        while True:
+            for profile in self.candidates(await self.profiles(refresh=refresh), request.model):
+                try:
+                    return await self._call(profile, request), retries
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                        raise InvalidArgument("DECODE_REJECTED", exc.details() or "window rejected") from exc
+                    if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                        raise FailedPrecondition(
+                            "WORKER_AUTH_FAILED",
+                            f"the transcriber refused the gateway's worker_api_key ({exc.code().name}); set "
+                            "SCRIBE_STREAM_GATEWAY_WORKER_API_KEY to a key with scope 'stream'",
+                        ) from exc
+                    if exc.code() not in RETRYABLE:
+                        raise
+                    retries += 1
+                    self._cooldown_until[profile.endpoint] = time.monotonic() + self.settings.worker_cooldown_seconds
+                    log.warning(
+                        "decode failed on %s (%s); trying another worker", profile.endpoint, exc.code().name,
+                        extra={"worker_id": profile.worker_id},
+                    )
+            if time.monotonic() >= deadline:
+                raise Unavailable(
+                    "NO_REALTIME_WORKER",
+                    f"no worker decoded the window within {self.settings.failover_timeout_seconds:.0f} s",
+                )
+            # Nobody left: wait for a profile to (re)appear or a cooldown to end, re-reading the bucket.
+            await asyncio.sleep(min(wait, max(deadline - time.monotonic(), 0.0)))
+            wait = min(wait * 2, 1.0)
+            refresh = True
+            self._expire_cooldowns()
+
+    async def _call(
+        self, profile: transcriber_pb2.WorkerProfile, request: transcriber_pb2.DecodeRequest
+    ) -> transcriber_pb2.DecodeResponse:
+        channel = self._channels.get(profile.endpoint)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(
+                profile.endpoint,
+                options=[("grpc.max_send_message_length", 16 * 1024 * 1024)],
+            )
+            self._channels[profile.endpoint] = channel
+        stub = transcriber_pb2_grpc.TranscriberStub(channel)
+        self._in_flight[profile.endpoint] += 1
+        try:
+            key = self.settings.worker_api_key.get_secret_value()
+            metadata = ((("x-api-key", key),) if key else None)
+            return await stub.Decode(request, timeout=self.settings.decode_timeout_seconds, metadata=metadata)
+        finally:
+            self._in_flight[profile.endpoint] -= 1
+
+    def _expire_cooldowns(self) -> None:
+        """When every worker is cooling down, let them be tried again (the bucket says who is live)."""
+        now = time.monotonic()
+        live = {p.endpoint for p in self._profiles}
+        if live and all(self._cooldown_until.get(e, 0.0) > now for e in live):
+            for endpoint in live:
+                self._cooldown_until[endpoint] = min(self._cooldown_until[endpoint], now + 0.5)
+
+    async def close(self) -> None:
+        """Close the worker channels."""
+        for channel in self._channels.values():
+            with contextlib.suppress(Exception):
+                await channel.close()
+        self._channels.clear()
