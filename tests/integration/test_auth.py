@@ -63,7 +63,8 @@ def test_bearer_header_works_like_x_api_key(stack):
 def test_missing_scope_is_permission_denied(stack):
     assert status(lambda: create(stack, "alice-reader")) == (grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING")
     job = create(stack, "alice")
-    assert status(lambda: results(stack, "alice-reader").CancelJob(results_pb2.CancelJobRequest(job_id=job.job_id))) == (
+    reader = results(stack, "alice-reader")
+    assert status(lambda: reader.CancelJob(results_pb2.CancelJobRequest(job_id=job.job_id))) == (
         grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING")
 
 

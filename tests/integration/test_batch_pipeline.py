@@ -191,7 +191,9 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("spec_and_data", "code", "reason"), [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS])
+@pytest.mark.parametrize(
+    ("spec_and_data", "code", "reason"), [b[1:] for b in BAD_INPUTS], ids=[b[0] for b in BAD_INPUTS]
+)
 def test_bad_input_gets_a_clear_status_and_leaves_nothing(stack, ingest, results, spec_and_data, code, reason):
     before_jobs = len(results.ListJobs(results_pb2.ListJobsRequest(page_size=1000)).jobs)
     before_audio = object_keys(stack, AUDIO_BUCKET)

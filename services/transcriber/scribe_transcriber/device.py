@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from scribe.v1 import transcriber_pb2
-from scribe_libs import __version__
+from scribe_libs import __version__, metrics
 from scribe_libs.devices import (
     Decision,
     DeviceFacts,
@@ -218,6 +218,8 @@ def _not_ready(out: WorkerDevice, reason: str) -> WorkerDevice:
 
 def _log_decision(settings: Settings, decision: Decision) -> None:
     level = logging.WARNING if decision.warnings else logging.INFO
+    if decision.warnings:
+        metrics.downgrades.add(len(decision.warnings), {"cause": "start_up", "device": decision.device})
     log.log(
         level,
         "device decided: %s at %s (requested %s)%s",

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from scribe.v1 import transcript_pb2
+from scribe_libs import metrics
 from scribe_libs.audio import WHISPER_SAMPLE_RATE, decode_for_whisper
 from scribe_libs.devices import MAX_OOM_DOWNGRADES, Decision, canonical_model, nvml_handle, oom_downgrade
 from scribe_libs.errors import FailedPrecondition
@@ -369,6 +370,7 @@ class Engine:
     def _downgrade(self, decision: Decision, attempt: int, exc: BaseException) -> None:
         what = f"{' + '.join(decision.resident_models)} at {decision.compute_type_effective} on {decision.device}"
         log.warning("out of memory during a job (attempt %d): %s: %s", attempt, what, exc)
+        metrics.out_of_memory.add(1, {"device": decision.device})
         with self._lock:
             if self.decision is not decision:  # another thread already stepped down
                 return
@@ -384,6 +386,7 @@ class Engine:
             except MemoryError as load_exc:
                 raise OutOfMemory(f"out of memory reloading after a downgrade: {load_exc}") from load_exc
             self.oom_downgrades += 1
+            metrics.downgrades.add(1, {"cause": "out_of_memory", "device": new.device})
             log.warning(
                 "stepped down after out of memory: %s",
                 new.steps[-2] if len(new.steps) > 1 else new.steps[-1],

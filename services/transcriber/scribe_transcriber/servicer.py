@@ -106,7 +106,9 @@ async def create_server(settings: Settings) -> GrpcServer:
         [transcriber_pb2.DESCRIPTOR.services_by_name["Transcriber"].full_name],
     )
     state.port = server.port
-    bus = await busmod.connect(settings.nats, f"scribe-transcriber-{settings.worker_id}", settings.retention_days * 86400)
+    bus = await busmod.connect(
+        settings.nats, f"scribe-transcriber-{settings.worker_id}", settings.retention_days * 86400
+    )
     store = open_store(settings.store)
     await store.ensure_bucket(AUDIO_BUCKET)
     await store.ensure_bucket(RESULTS_BUCKET)
