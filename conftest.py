@@ -301,7 +301,7 @@ def stack_factory(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     """Builds a :class:`Stack` (no service started yet); closed at the end of the module."""
     stacks: list[Stack] = []
 
-    def make(auth: bool = False) -> Stack:
+    def make(auth: bool = True) -> Stack:
         stack = Stack(nats_url, tmp_path_factory.mktemp("stack"), auth=auth)
         stacks.append(stack)
         return stack
@@ -309,3 +309,17 @@ def stack_factory(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     yield make
     for stack in stacks:
         stack.close()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate after lower-casing and removing punctuation (as ../shared/data/README.md).
+
+    Any whitespace, newlines included, separates words.
+    """
+    import jiwer
+
+    transform = jiwer.Compose(
+        [jiwer.SubstituteRegexes({r"\s+": " "}), jiwer.ToLowerCase(), jiwer.RemovePunctuation(),
+         jiwer.RemoveMultipleSpaces(), jiwer.Strip(), jiwer.ReduceToListOfListOfWords()]
+    )
+    return jiwer.wer(reference, hypothesis, reference_transform=transform, hypothesis_transform=transform)

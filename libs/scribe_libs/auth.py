@@ -95,9 +95,21 @@ ANONYMOUS_ADMIN = Principal(key_id="", owner="", scopes=frozenset({"admin"}))
 _current: contextvars.ContextVar[Principal] = contextvars.ContextVar("scribe_principal", default=ANONYMOUS_ADMIN)
 
 
+_current_key: contextvars.ContextVar[str] = contextvars.ContextVar("scribe_api_key", default="")
+
+
 def current_principal() -> Principal:
     """The caller of the RPC being served."""
     return _current.get()
+
+
+def current_api_key() -> str:
+    """The API key the caller of the RPC being served sent ("" when none).
+
+    The stream gateway forwards it on its Transcriber.Decode calls, so a live session needs no
+    extra credential: its caller already holds the ``stream`` scope Decode requires.
+    """
+    return _current_key.get()
 
 
 def can_see(principal: Principal, owner: str) -> bool:
@@ -223,6 +235,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if streaming_response:
                 async def stream_wrapper(request: Any, context: Any) -> Any:
                     _current.set(authorize(keyring, method, metadata))
+                    _current_key.set(_key_from(metadata))
                     async for item in behavior(request, context):
                         yield item
 
@@ -230,6 +243,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary_wrapper(request: Any, context: Any) -> Any:
                 _current.set(authorize(keyring, method, metadata))
+                _current_key.set(_key_from(metadata))
                 return await behavior(request, context)
 
             return unary_wrapper

@@ -11,11 +11,10 @@ import re
 from pathlib import Path
 
 import grpc
-import jiwer
 import pytest
 from google.protobuf import json_format
 
-from conftest import FIXTURES, SHARED_DATA
+from conftest import FIXTURES, SHARED_DATA, wer
 from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc, transcript_pb2
 from scribe_libs.errors import error_info
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET
@@ -31,12 +30,6 @@ def requests(spec: jobs_pb2.JobSpec, data: bytes | None):
             yield ingest_pb2.CreateJobRequest(audio=data[i : i + CHUNK])
 
 
-def wer(reference: str, hypothesis: str) -> float:
-    transform = jiwer.Compose(
-        [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip(),
-         jiwer.ReduceToListOfListOfWords()]
-    )
-    return jiwer.wer(reference, hypothesis, reference_transform=transform, hypothesis_transform=transform)
 
 
 @pytest.fixture(scope="module")

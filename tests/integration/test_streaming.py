@@ -11,11 +11,10 @@ import threading
 from pathlib import Path
 
 import grpc
-import jiwer
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, SHARED_DATA
+from conftest import FIXTURES, SHARED_DATA, wer
 from scribe.v1 import jobs_pb2, results_pb2, results_pb2_grpc, streaming_pb2, streaming_pb2_grpc, transcript_pb2
 from scribe_cli.stream import call_requests, load_call_audio
 from scribe_libs.callaudio import encode_linear16
@@ -30,12 +29,6 @@ JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you
 TIMEOUT = 240
 
 
-def wer(reference: str, hypothesis: str) -> float:
-    transform = jiwer.Compose(
-        [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip(),
-         jiwer.ReduceToListOfListOfWords()]
-    )
-    return jiwer.wer(reference, hypothesis, reference_transform=transform, hypothesis_transform=transform)
 
 
 @pytest.fixture(scope="module")
@@ -250,8 +243,8 @@ def test_force_finalize_closes_the_utterance_now(gateway):
 
 
 def test_keepalive_holds_an_idle_session_open(stack):
-    address = stack.start("stream_gateway", name="gw-idle", max_lead_seconds=-1, idle_timeout_seconds=1.0)
-    stub = streaming_pb2_grpc.StreamGatewayStub(grpc.insecure_channel(address))
+    stack.start("stream_gateway", name="gw-idle", max_lead_seconds=-1, idle_timeout_seconds=1.0)
+    stub = streaming_pb2_grpc.StreamGatewayStub(stack.channel("gw-idle"))
     data, enum, rate = load_call_audio(SPEECH)
     half = len(data) // 2 // 2 * 2
 
@@ -291,9 +284,8 @@ def test_keepalive_holds_an_idle_session_open(stack):
 
 
 def test_session_cap_and_client_cancellation(stack):
-    address = stack.start("stream_gateway", name="gw-cap", max_lead_seconds=-1, max_sessions=1,
-                          retry_after_seconds=3.0)
-    stub = streaming_pb2_grpc.StreamGatewayStub(grpc.insecure_channel(address))
+    stack.start("stream_gateway", name="gw-cap", max_lead_seconds=-1, max_sessions=1, retry_after_seconds=3.0)
+    stub = streaming_pb2_grpc.StreamGatewayStub(stack.channel("gw-cap"))
     data, enum, rate = load_call_audio(SPEECH)
     stop = threading.Event()
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import threading
 
-import jiwer
 import pytest
 
-from conftest import FIXTURES, SHARED_DATA
+from conftest import FIXTURES, SHARED_DATA, wer
 from scribe.v1 import streaming_pb2, streaming_pb2_grpc
 from scribe_cli.stream import call_requests, load_call_audio
 
@@ -22,12 +21,6 @@ SPEECH = FIXTURES / "speech_en.wav"
 SPEECH_TEXT = (FIXTURES / "speech_en.txt").read_text().strip()
 
 
-def wer(reference: str, hypothesis: str) -> float:
-    transform = jiwer.Compose(
-        [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip(),
-         jiwer.ReduceToListOfListOfWords()]
-    )
-    return jiwer.wer(reference, hypothesis, reference_transform=transform, hypothesis_transform=transform)
 
 
 @pytest.fixture(scope="module")

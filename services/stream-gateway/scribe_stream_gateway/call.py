@@ -62,7 +62,14 @@ class CallSession:
         vad_session: Shared Silero ONNX session.
     """
 
-    def __init__(self, job_id: str, options: SessionOptions, workers: WorkerPool, vad_session=None):  # noqa: ANN001
+    def __init__(  # noqa: D107
+        self,
+        job_id: str,
+        options: SessionOptions,
+        workers: WorkerPool,
+        vad_session=None,  # noqa: ANN001 - onnxruntime session
+        max_utterance_seconds: float = StreamConfig.max_utterance_s,
+    ):
         self.job_id = job_id
         self.options = options
         self.workers = workers
@@ -71,6 +78,7 @@ class CallSession:
         stream_config = StreamConfig(
             vad=VadConfig(endpointing_ms=options.endpointing_ms, threshold=threshold),
             interim_results=options.interim_results,
+            max_utterance_s=max_utterance_seconds,
         )
         self.channels = [
             ChannelStream(self._decoder_for(c), c, stream_config, vad_session) for c in range(options.channels)

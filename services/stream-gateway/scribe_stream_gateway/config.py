@@ -42,10 +42,15 @@ class Settings(ServiceSettings):
     worker_cooldown_seconds: float = Field(
         10.0, description="A worker whose Decode failed is not picked again for this long."
     )
+    max_utterance_seconds: float = Field(
+        3.0,
+        description="Committed (LocalAgreement-2) words spanning this long are sent as a final without waiting for "
+        "the end of the utterance: bounds word latency in long utterances (seconds).",
+    )
     profile_refresh_seconds: float = Field(1.0, description="Worker profiles are re-read at most this often.")
     worker_pool: str = Field("", description="Only workers of this pool decode streams; empty = any pool.")
     job_pool: str = Field("stream", description="Pool name recorded on the job of a stored call.")
     worker_api_key: SecretStr = Field(
-        SecretStr(""), description="API key (scope `stream`) sent on Transcriber.Decode calls when workers check keys."
+        SecretStr(""),
+        description="API key (scope `stream`) for Transcriber.Decode calls; empty forwards the caller's own key.",
     )
-    retention_days: int = Field(7, description="A stored call's record and transcripts expire after this many days.")

@@ -89,7 +89,9 @@ class StreamGatewayServicer(streaming_pb2_grpc.StreamGatewayServicer):
             options = validate_streaming_config(first.config, self.settings)
             await self.workers.check_model(options.model)
             job_id = new_job_id()
-            session = CallSession(job_id, options, self.workers, self.vad_session)
+            session = CallSession(
+                job_id, options, self.workers, self.vad_session, self.settings.max_utterance_seconds
+            )
             session.owner = current_principal().owner  # the stored call belongs to the caller's key
             with job_context(job_id):
                 log.info("session started", extra={"encoding": options.encoding, "sample_rate": options.sample_rate,

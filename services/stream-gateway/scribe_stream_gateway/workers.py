@@ -28,6 +28,7 @@ from collections import defaultdict
 import grpc
 
 from scribe.v1 import transcriber_pb2, transcriber_pb2_grpc
+from scribe_libs.auth import current_api_key
 from scribe_libs.bus import Bus
 from scribe_libs.errors import FailedPrecondition, InvalidArgument, Unavailable
 from scribe_libs.queue import live_profiles
@@ -132,8 +133,8 @@ class WorkerPool:
                     if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                         raise FailedPrecondition(
                             "WORKER_AUTH_FAILED",
-                            f"the transcriber refused the gateway's worker_api_key ({exc.code().name}); set "
-                            "SCRIBE_STREAM_GATEWAY_WORKER_API_KEY to a key with scope 'stream'",
+                            f"the transcriber refused the forwarded API key ({exc.code().name}); the caller's key "
+                            "or SCRIBE_STREAM_GATEWAY_WORKER_API_KEY needs scope 'stream'",
                         ) from exc
                     if exc.code() not in RETRYABLE:
                         raise
@@ -167,7 +168,8 @@ class WorkerPool:
         stub = transcriber_pb2_grpc.TranscriberStub(channel)
         self._in_flight[profile.endpoint] += 1
         try:
-            key = self.settings.worker_api_key.get_secret_value()
+            # A configured worker key, else the caller's own key (it has the `stream` scope).
+            key = self.settings.worker_api_key.get_secret_value() or current_api_key()
             metadata = ((("x-api-key", key),) if key else None)
             return await stub.Decode(request, timeout=self.settings.decode_timeout_seconds, metadata=metadata)
         finally:
