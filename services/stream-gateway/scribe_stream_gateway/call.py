@@ -18,6 +18,8 @@ and uploaded as the job's original audio; otherwise no audio is written anywhere
 from __future__ import annotations
 
 import asyncio
+import bisect
+import collections
 import contextlib
 import datetime
 import logging
@@ -30,6 +32,7 @@ import numpy as np
 
 from scribe.v1 import jobs_pb2, streaming_pb2, transcriber_pb2, transcript_pb2
 from scribe_libs import bus as busmod
+from scribe_libs import metrics
 from scribe_libs.callaudio import TARGET_SAMPLE_RATE, CallAudioDecoder, float_to_int16
 from scribe_libs.formats import transcript_to_json
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, JobStore, audio_key, now_timestamp, raw_transcript_key
@@ -91,6 +94,9 @@ class CallSession:
         self.language = options.language
         self.model = options.model
         self.worker_ids: set[str] = set()
+        self._arrivals: collections.deque[tuple[float, float]] = collections.deque(maxlen=4096)
+        self._onset: dict[int, float] = {}
+        self._speech_end: dict[int, float] = {}
         self.owner = ""
         """Owner of the stored job (the caller's API key owner)."""
         self._recording: tempfile._TemporaryFileWrapper | None = None
@@ -111,7 +117,34 @@ class CallSession:
 
     async def audio(self, chunk: bytes) -> list[R]:
         """Process a chunk of raw audio; returns the responses it produced."""
-        return await self._push(self.decoder.decode(chunk))
+        samples = self.decoder.decode(chunk)
+        # When audio up to this stream time arrived (wall clock), for the latency histograms.
+        self._arrivals.append((self.decoder.input_seconds, time.monotonic()))
+        return await self._push(samples)
+
+    def _arrived(self, stream_seconds: float) -> float | None:
+        """Wall-clock (monotonic) time the audio up to ``stream_seconds`` had arrived, if still known."""
+        index = bisect.bisect_left(self._arrivals, (stream_seconds, float("-inf")))
+        return self._arrivals[index][1] if index < len(self._arrivals) else None
+
+    def _observe(self, event) -> None:  # noqa: ANN001 - a SpeechEvent or Result
+        """Record first-interim latency (after speech onset) and final latency (after end of speech)."""
+        now = time.monotonic()
+        if isinstance(event, SpeechEvent):
+            if event.type is SpeechEventType.SPEECH_BEGIN:
+                self._onset[event.channel] = event.time
+            else:
+                self._speech_end[event.channel] = event.time
+            return
+        onset = self._onset.pop(event.channel, None)
+        arrived = self._arrived(onset) if onset is not None else None
+        if arrived is not None:
+            metrics.first_interim_latency.record(now - arrived)
+        if event.is_final:
+            end = self._speech_end.pop(event.channel, None)
+            arrived = self._arrived(end) if end is not None else None
+            if arrived is not None:
+                metrics.final_latency.record(now - arrived)
 
     async def force_finalize(self) -> list[R]:
         """Close the utterance in progress on every channel."""
@@ -173,6 +206,7 @@ class CallSession:
         out: list[R] = []
         for events in groups:
             for event in events:
+                self._observe(event)
                 if isinstance(event, SpeechEvent):
                     out.append(R(speech_event=streaming_pb2.SpeechEvent(
                         type=_EVENT_TYPES[event.type], time=round(event.time, 3), channel=event.channel,

@@ -37,6 +37,7 @@ import grpc
 
 from scribe.v1 import streaming_pb2, streaming_pb2_grpc
 from scribe_libs import bus as busmod
+from scribe_libs import metrics
 from scribe_libs.auth import current_principal
 from scribe_libs.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, new_job_id
@@ -76,6 +77,7 @@ class StreamGatewayServicer(streaming_pb2_grpc.StreamGatewayServicer):
                 subject="stream-gateway:sessions", retry_after=self.settings.retry_after_seconds,
             )
         self.active += 1
+        metrics.stream_sessions.add(1)
         queue: asyncio.Queue = asyncio.Queue(maxsize=1)
         reader = asyncio.create_task(self._read(request_iterator, queue))
         session: CallSession | None = None
@@ -105,6 +107,7 @@ class StreamGatewayServicer(streaming_pb2_grpc.StreamGatewayServicer):
             if session is not None:
                 session.close()
             self.active -= 1
+            metrics.stream_sessions.add(-1)
 
     async def _run(self, session: CallSession, queue: asyncio.Queue) -> AsyncIterator[Resp]:
         settings = self.settings

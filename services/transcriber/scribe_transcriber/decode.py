@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scribe.v1 import transcriber_pb2, transcript_pb2
+from scribe_libs import metrics
 from scribe_libs.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 log = logging.getLogger(__name__)
@@ -394,4 +395,8 @@ async def serve_decode(
     """The Decode RPC body: UNAVAILABLE until the realtime model is loaded."""
     if batcher is None:
         raise Unavailable("NOT_READY", "the realtime model is not loaded yet")
-    return await batcher.decode(request)
+    started = time.monotonic()
+    try:
+        return await batcher.decode(request)
+    finally:
+        metrics.decode_latency.record(time.monotonic() - started, {"model": request.model})
