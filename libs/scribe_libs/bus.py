@@ -15,13 +15,18 @@ with a different configuration is updated, not recreated.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import nats
+import nats.errors
 from google.protobuf.message import Message
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
@@ -202,6 +207,45 @@ async def connect(
     js = nc.jetstream()
     jobs, workers, glossaries = await declare(js, retention_seconds)
     return Bus(nc=nc, js=js, jobs=jobs, workers=workers, glossaries=glossaries)
+
+
+async def consume(
+    sub: JetStreamContext.PullSubscription,
+    handle: Callable[[Msg], Awaitable[None]],
+    stopping: asyncio.Event,
+    what: str,
+) -> None:
+    """Fetch one message at a time from a pull subscription and ``handle`` it, until ``stopping``.
+
+    The loop outlives broker hiccups (a failed fetch is retried after 1 s); a handler that raises
+    leaves its message unacked, so JetStream redelivers it after the ack wait. The subscription is
+    removed at the end, so draining the connection does not wait for a pending pull request.
+
+    Args:
+        sub: A durable pull subscription.
+        handle: Processes one message; expected to end in ack, nak or term.
+        stopping: Set to stop after the message in hand.
+        what: What the messages are, for the logs (e.g. ``"job"``).
+    """
+    while not stopping.is_set():
+        try:
+            msgs = await sub.fetch(1, timeout=1.0)
+        except (TimeoutError, nats.errors.TimeoutError):
+            continue
+        except nats.errors.ConnectionClosedError:
+            break
+        except Exception:  # noqa: BLE001 - the loop outlives a broker hiccup
+            log.warning("fetching %s messages failed; retrying", what, exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=1.0)
+            continue
+        for msg in msgs:
+            try:
+                await handle(msg)
+            except Exception:  # noqa: BLE001 - unacked, the message is redelivered
+                log.exception("handling a %s message failed", what)
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()
 
 
 def parse(message_type: type[M], data: bytes) -> M:

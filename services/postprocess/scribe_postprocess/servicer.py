@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from opentelemetry import trace
@@ -81,23 +80,7 @@ class Postprocessor:
                 max_deliver=self.settings.max_deliver,
             ),
         )
-        while not self._stopping.is_set():
-            try:
-                msgs = await sub.fetch(1, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except nats.errors.ConnectionClosedError:
-                break
-            except Exception:  # noqa: BLE001 - the loop outlives a broker hiccup
-                log.warning("fetching post-processing messages failed; retrying", exc_info=True)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
-                continue
-            for msg in msgs:
-                try:
-                    await self.handle(msg)
-                except Exception:  # noqa: BLE001 - unacked, the message is redelivered
-                    log.exception("handling a post-processing message failed")
+        await busmod.consume(sub, self.handle, self._stopping, "post-processing")
 
     def stop(self) -> None:
         """Stop after the message in hand."""

@@ -22,7 +22,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
@@ -86,28 +85,14 @@ class Worker:
             ),
         )
         log.info("consuming jobs", extra={"pool": pool, "consumer": busmod.pool_consumer(pool)})
-        while not self._stopping.is_set():
-            try:
-                msgs = await sub.fetch(1, timeout=1.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except nats.errors.ConnectionClosedError:
-                break
-            except Exception:  # noqa: BLE001 - the loop outlives a broker hiccup
-                log.warning("fetching jobs failed; retrying", exc_info=True)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
-                continue
-            for msg in msgs:
-                self._idle.clear()
-                try:
-                    await self.handle(msg)
-                except Exception:  # noqa: BLE001 - unacked, the message is redelivered
-                    log.exception("handling a job message failed")
-                finally:
-                    self._idle.set()
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        await busmod.consume(sub, self._handle_tracked, self._stopping, "job")
+
+    async def _handle_tracked(self, msg: Msg) -> None:
+        self._idle.clear()
+        try:
+            await self.handle(msg)
+        finally:
+            self._idle.set()
 
     async def stop(self) -> None:
         """Stop fetching; wait for the job in hand to finish (SIGTERM drain)."""
