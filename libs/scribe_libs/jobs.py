@@ -215,6 +215,34 @@ class JobStore:
             metrics.jobs_finished.add(1, {"state": state_name(state), "pool": job.pool})
         return job
 
+    async def fail(self, job_id: str, reason: str, message: str) -> tuple[jobs_pb2.Job, bool]:
+        """Mark the job FAILED with ``reason`` unless it already ended (checked in the same CAS write).
+
+        Returns:
+            (the record, True if this call failed it); a job already terminal is left as it is.
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        failed = False
+
+        def mutate(job: jobs_pb2.Job) -> bool:
+            nonlocal failed
+            failed = job.state not in TERMINAL_STATES
+            if not failed:
+                return False
+            job.state = S.JOB_STATE_FAILED
+            job.end_time.CopyFrom(now_timestamp())
+            job.cancel_requested = False
+            job.error_reason = reason
+            job.error_message = message
+            return True
+
+        job = await self.update(job_id, mutate, event=EVENT_KINDS[S.JOB_STATE_FAILED])
+        if failed:
+            metrics.jobs_finished.add(1, {"state": state_name(S.JOB_STATE_FAILED), "pool": job.pool})
+        return job, failed
+
     async def delete(self, job_id: str) -> None:
         """Remove the record (purge: no tombstone history kept)."""
         await self.kv.purge(job_id)

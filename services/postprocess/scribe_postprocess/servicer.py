@@ -145,14 +145,8 @@ class Postprocessor:
         )
 
     async def _fail(self, job_id: str, message: str) -> None:
-        def edit(record: jobs_pb2.Job) -> None:
-            record.error_reason = "POSTPROCESSING_FAILED"
-            record.error_message = message
-
         with contextlib.suppress(JobNotFound):
-            job = await self.jobs.get(job_id)
-            if not is_terminal(job):
-                await self.jobs.transition(job_id, S.JOB_STATE_FAILED, edit)
+            await self.jobs.fail(job_id, "POSTPROCESSING_FAILED", message)
 
 
 async def create_server(settings: Settings) -> GrpcServer:

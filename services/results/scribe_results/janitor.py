@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 
 from scribe.v1 import jobs_pb2
 from scribe_libs import bus as busmod
-from scribe_libs.jobs import AUDIO_BUCKET, JobNotFound, JobStore, is_terminal
+from scribe_libs.jobs import AUDIO_BUCKET, JobNotFound, JobStore
 from scribe_libs.objectstore import LocalStore, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -80,15 +80,9 @@ class Janitor:
         else:
             return
         reason = f"gave up after {deliveries} deliveries of its {stream} message (workers died or timed out)"
-
-        def edit(record: jobs_pb2.Job) -> None:
-            record.error_reason = "MAX_DELIVERIES_EXCEEDED"
-            record.error_message = reason
-
         with contextlib.suppress(JobNotFound):
-            job = await self.jobs.get(job_id)
-            if not is_terminal(job):
-                await self.jobs.transition(job_id, jobs_pb2.JOB_STATE_FAILED, edit)
+            job, failed = await self.jobs.fail(job_id, "MAX_DELIVERIES_EXCEEDED", reason)
+            if failed:
                 log.warning("job failed: %s", reason, extra={"job_id": job_id})
             if job.audio_key and not job.spec.retain_audio:
                 await self.store.delete(AUDIO_BUCKET, job.audio_key)

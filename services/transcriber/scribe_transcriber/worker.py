@@ -313,13 +313,7 @@ class Worker:
         log.info("job cancelled")
 
     async def _fail(self, job_id: str, reason: str, message: str) -> None:
-        def edit(record: jobs_pb2.Job) -> None:
-            record.error_reason = reason
-            record.error_message = message
-
         with contextlib.suppress(JobNotFound):
-            job = await self.jobs.get(job_id)
-            if not is_terminal(job):
-                await self.jobs.transition(job_id, S.JOB_STATE_FAILED, edit)
+            job, _ = await self.jobs.fail(job_id, reason, message)
             if job.audio_key and not job.spec.retain_audio:
                 await self.store.delete(AUDIO_BUCKET, job.audio_key)
