@@ -77,7 +77,10 @@ def wait_for(predicate, timeout: float, what: str):
 
 def test_two_workers_in_one_pool_share_the_jobs(stack, ingest, results):
     jobs = [submit(ingest, FIXTURES / ("speech_en.wav" if i % 2 else "numbers_en.wav")) for i in range(JOBS)]
-    assert all(job.state == S.JOB_STATE_QUEUED and job.pool == "cpu" for job in jobs)
+    # CreateJob returns the record as it stands: with two live workers a job may already have
+    # been picked up by the time the reply is written.
+    accepted = (S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_POSTPROCESSING, S.JOB_STATE_COMPLETED)
+    assert all(job.state in accepted and job.pool == "cpu" for job in jobs)
     done = [final(results, job.job_id) for job in jobs]
     assert [j.state for j in done] == [S.JOB_STATE_COMPLETED] * JOBS, [(j.state, j.error_message) for j in done]
     assert {j.worker_id for j in done} == {"w1", "w2"}
