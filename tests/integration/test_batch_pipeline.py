@@ -75,7 +75,8 @@ def object_keys(stack, bucket: str) -> list[str]:
 
 def test_transcribes_speech_and_writes_every_format(stack, ingest, results):
     job = submit(ingest, FIXTURES / "speech_en.wav", word_timestamps=True)
-    assert job.state == S.JOB_STATE_QUEUED
+    # The reply is the record as it stands; an idle worker may already have picked the job up.
+    assert job.state in (S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING, S.JOB_STATE_POSTPROCESSING, S.JOB_STATE_COMPLETED)
     assert job.audio_duration == pytest.approx(7.76, abs=0.05)
 
     updates = watch(results, job.job_id)
