@@ -238,6 +238,9 @@ class Stack:
             values.update(
                 pool="cpu", models=["tiny.en"], ack_wait_seconds=30, advertise_host="127.0.0.1",
                 progress_interval_seconds=0.2, cancel_poll_seconds=0.1,
+                # Functional tests are not about capacity: a fixed one (the admission tests and the
+                # streaming benchmark set 0 = measured, or their own).
+                realtime_capacity=16,
                 model_store={"cache_dir": str(self.workdir / "models"), "allow_download": False},
             )
         if service == "ingest":

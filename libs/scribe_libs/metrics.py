@@ -64,6 +64,39 @@ final_latency = _meter.create_histogram(
     "scribe.stream.final_latency", unit="s", description="Seconds from end of speech to the final result",
     explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
 )
+realtime_sessions_placed = _meter.create_up_down_counter(
+    "scribe.stream.sessions_placed", unit="1",
+    description="Live channels this gateway placed on each worker (admission by measured capacity)",
+)
+stream_sessions_refused = _meter.create_counter(
+    "scribe.stream.sessions_refused", unit="1",
+    description="Sessions refused at admission (REALTIME_CAPACITY_FULL, TOO_MANY_SESSIONS), by reason",
+)
+
+
+class _Realtime:
+    """A transcriber's streaming capacity and live sessions, for the observable gauges."""
+
+    def __init__(self) -> None:
+        self.capacity = 0
+        self.sessions = 0
+
+    def capacity_obs(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self.capacity)]
+
+    def sessions_obs(self, _: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self.sessions)]
+
+
+realtime = _Realtime()
+_meter.create_observable_gauge(
+    "scribe.transcriber.realtime_capacity", callbacks=[realtime.capacity_obs], unit="1",
+    description="Live channels this worker carries at the latency target (measured at start)",
+)
+_meter.create_observable_gauge(
+    "scribe.transcriber.realtime_sessions", callbacks=[realtime.sessions_obs], unit="1",
+    description="Live channels that sent a Decode in the last 10 s",
+)
 
 
 class _Cache:

@@ -64,7 +64,7 @@ class ScriptedDecoder:
         self.windows: list[tuple[float, float]] = []
         self.calls = 0
 
-    async def __call__(self, audio: np.ndarray, prompt: str) -> list[Word]:
+    async def __call__(self, audio: np.ndarray, prompt: str, final: bool = False) -> list[Word]:
         self.calls += 1
         self.position = sample_index(audio[0], self.position)
         t0 = self.position / RATE
@@ -88,6 +88,7 @@ async def run_call(seconds: float, speech, chunk_s: float = 0.2, garbage=False, 
     step = int(chunk_s * RATE)
     for lo in range(0, int(seconds * RATE), step):
         events += await stream.push(timed_audio(lo, step))
+        events += await stream.drain()  # a decoder that keeps up with the audio
         if check:
             check(stream, events)
     events += await stream.close()

@@ -50,7 +50,7 @@ class EnergyDecoder:
         self.words = text.split()
         self.prompts: list[str] = []
 
-    def __call__(self, audio: np.ndarray, prompt: str) -> list[Word]:  # sync on purpose: runs in a thread
+    def __call__(self, audio: np.ndarray, prompt: str, final: bool = False) -> list[Word]:  # sync: runs in a thread
         self.prompts.append(prompt)
         loud = np.flatnonzero(np.abs(audio) > 0.02)
         if len(loud) == 0:
@@ -65,6 +65,7 @@ async def replay(session: StreamSession, data: bytes, chunk: int) -> list:
     events = []
     for lo in range(0, len(data), chunk):
         events += await session.push(data[lo : lo + chunk])
+        events += await session.drain()  # a decoder that keeps up with the audio
     return events + await session.close()
 
 
@@ -96,6 +97,7 @@ async def test_force_finalize_closes_the_utterance_and_the_next_one_gets_a_new_i
     data = ca.encode_linear16(audio)
     half = 2 * (int(0.3 * RATE) + int(3.4 * RATE))  # 3.4 s into the speech: both words heard
     events = await session.push(data[:half])
+    events += await session.drain()
     decodes_before = len(decoder.prompts)
     forced = await session.force_finalize()
     assert [(r.result_id, r.is_final, r.text) for r in forced] == [("0-0", True, "hello there")]
@@ -128,7 +130,7 @@ async def test_real_tiny_en_model_finals_match_the_spoken_text(sentences):
 
     model = WhisperModel(str(Path(models.__file__).parent / "model"), device="cpu", compute_type="int8")
 
-    def decode(window: np.ndarray, prompt: str) -> list[Word]:
+    def decode(window: np.ndarray, prompt: str, final: bool = False) -> list[Word]:
         segments, _ = model.transcribe(
             window,
             language="en",

@@ -14,8 +14,9 @@ What this policy adds for live calls:
 - Interims. After each hypothesis: the committed-but-not-final words followed by the unconfirmed
   tail of the newest hypothesis; ``stability`` is the committed fraction (see :class:`Result`).
 - No duplicates across commits. A hypothesis is shifted to stream time; words whose midpoint lies
-  before the end of the last committed word are dropped, then a 1..5-word n-gram overlap between
-  the committed tail and the hypothesis head is removed (as whisper_streaming does).
+  before the end of the last committed word are dropped, then an n-gram overlap between the
+  committed tail and the hypothesis head is removed (whisper_streaming checks 1..5 words; any length
+  here, since a short window after a commit can echo a whole prompted sentence).
 - Looping hypotheses. Decoding at temperature 0 (DESIGN.md: the temperature fallback costs 7-28 s)
   leaves Whisper free to loop ("the the the ..."); :func:`cut_looping_tail` keeps one copy of a
   repeated n-gram tail and cuts text whose zlib compression ratio passes 2.4 (faster-whisper's
@@ -39,8 +40,8 @@ from scribe_libs.streaming.types import Result, Word
 LOOP_COMPRESSION_RATIO = 2.4
 #: A repeated n-gram tail is a loop from this many consecutive copies on.
 LOOP_MIN_REPEATS = 3
-#: Longest n-gram checked for a repeated tail / a commit overlap (whisper_streaming uses 5).
-MAX_NGRAM = 5
+#: Two consecutive copies of a phrase this long (words) count as a loop for :func:`looks_looping`.
+SENTENCE_REPEAT_WORDS = 4
 #: Committed prompt length, characters (whisper_streaming ``prompt()``).
 PROMPT_CHARS = 200
 #: Only texts of at least this many characters are judged by compression ratio (shorter texts do
@@ -99,6 +100,30 @@ def cut_looping_tail(words: Sequence[Word], max_ngram: int = 6, min_repeats: int
             if len(prefix) >= _MIN_CHARS_FOR_RATIO and compression_ratio(prefix) > LOOP_COMPRESSION_RATIO:
                 return out[: i - 1]
     return out
+
+
+def looks_looping(text: str, max_ngram: int = 6, min_repeats: int = LOOP_MIN_REPEATS) -> bool:
+    """True when a decoded text shows a decoder loop by the rules of :func:`cut_looping_tail`.
+
+    A text ending in ``min_repeats`` copies of one n-gram (n = 1..``max_ngram`` words), or one of at
+    least 60 characters whose zlib compression ratio passes :data:`LOOP_COMPRESSION_RATIO`
+    (faster-whisper's ``compression_ratio_threshold``). Used by the transcriber's short-input
+    guard (a looping short-input decode is decoded again on the full 30 s input), which also
+    counts a text ending in two copies of a phrase of ``SENTENCE_REPEAT_WORDS`` words or more as a
+    loop: tiny.en on the short input of jfk.flac's last 3 s wrote "Ask what you can do for your
+    country." twice, which a 30 s decode does not (a false alarm only costs the full decode).
+    """
+    keys = [k for k in (normalize(w) for w in text.split()) if k]
+    for n in range(SENTENCE_REPEAT_WORDS, len(keys) // 2 + 1):
+        if keys[-n:] == keys[-2 * n : -n]:
+            return True
+    for n in range(1, max_ngram + 1):
+        if len(keys) < n * min_repeats:
+            break
+        unit = keys[-n:]
+        if all(keys[len(keys) - n * (c + 1) : len(keys) - n * c] == unit for c in range(1, min_repeats)):
+            return True
+    return len(text) >= _MIN_CHARS_FOR_RATIO and compression_ratio(text) > LOOP_COMPRESSION_RATIO
 
 
 def _common_prefix(a: Sequence[Word], b: Sequence[Word]) -> int:
@@ -260,10 +285,12 @@ class LocalAgreementPolicy:
         words = cut_looping_tail(words)
         # Drop what is already committed: by time first (midpoint before the commit boundary) ...
         words = [w for w in words if (w.start + w.end) / 2 >= self._committed_end]
-        # ... then by text: an n-gram the committed tail ends with and the hypothesis starts with.
+        # ... then by text: an n-gram the committed tail ends with and the hypothesis starts with
+        # (any length: a decode of the few tenths of a second after a commit may echo the whole
+        # prompted sentence, e.g. tiny.en on jfk.flac's last 0.6 s).
         if words and self._history and words[0].start - self._committed_end < 1.0:
             history = list(self._history)
-            for n in range(min(MAX_NGRAM, len(history), len(words)), 0, -1):
+            for n in range(min(len(history), len(words)), 0, -1):
                 tail = [normalize(w.text) for w in history[-n:]]
                 head = [normalize(w.text) for w in words[:n]]
                 if tail == head:

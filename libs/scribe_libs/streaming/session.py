@@ -1,50 +1,53 @@
 """The streaming driver: call audio -> VAD -> buffer -> decode -> LocalAgreement-2 -> results.
 
 One :class:`ChannelStream` per channel of a session; :class:`StreamSession` decodes the call's raw
-bytes (:class:`~scribe_libs.callaudio.CallAudioDecoder`) and feeds each channel. The decode itself
-is the caller's ``decode(window_audio, prompt) -> list[Word]`` (sync or async; word times relative
-to the window start), e.g. a ``Transcriber.Decode`` RPC at temperature 0.
+bytes (:class:`~scribe_libs.callaudio.CallAudioDecoder`) and feeds each channel. It is what the
+stream gateway runs (its ``CallSession`` adds storage and metrics around it). The decode itself is
+the caller's ``decode(window_audio, prompt, final) -> list[Word]`` (sync or async; word times
+relative to the window start), e.g. a ``Transcriber.Decode`` RPC at temperature 0.
 
-When a window is decoded (DESIGN.md: every decode pays ~0.55 s for tiny.en whatever the window
-length, and tiny.en writes "Thank you." into pauses, so silence is never decoded):
+Scheduling (DESIGN.md, "Data flow (streaming)": a session never has more than one decode in
+flight, and a worker that is behind gets fewer interim decodes, never less audio):
 
-- while the VAD reports speech, once ``min_decode_interval_s`` of new audio arrived since the last
-  decode: an interim decode of the whole buffer (LocalAgreement commits what two agree on);
-- at the VAD's end of speech: one decode of the buffer up to the speech end plus the pad; its words
-  complete the final;
-- on :meth:`ChannelStream.force_finalize` and :meth:`ChannelStream.close`: one decode of the buffer,
-  then a final.
+- ``push`` never waits for a decode: it appends the audio, runs the VAD and starts a decode in
+  the background when one is due and none is in flight. Results are handed to ``emit`` as soon
+  as their decode returns (or collected and returned by the next ``push``/``drain``/``close``).
+- Interim decodes are coalesced: while one is in flight, new audio only accumulates; when it
+  returns, the next interim decode covers all the audio received by then (once
+  ``min_decode_interval_s`` of new audio arrived). A slow worker thus costs interims, not words.
+- Closing decodes go first: a VAD end of speech queues a *final* decode of the buffer up to the
+  speech end plus the pad; queued finals run before any further interim, in order, and are sent
+  with ``final=True`` (the worker serves them ahead of interim windows).
+- Silence is never decoded (tiny.en writes "Thank you." into pauses).
 
 Memory bound (the buffer cut rules). The buffer starts at the end of the last committed word or,
 in silence, ``speech_pad_ms`` before the VAD's classified audio; it is cut only forward, only to
 one of those points, so no audio the decoder has not heard (or the VAD has not judged non-speech)
 is dropped:
 
-- in silence: cut to ``max(committed_end, vad_time - pad)`` after every chunk (hold music, hours on
-  hold: the buffer holds ``pad`` seconds);
-- in speech, when the buffer is longer than ``trim_buffer_s`` (15 s, whisper_streaming's
-  ``buffer_trimming_sec``): cut at the last committed word's end (the committed text goes on as
-  the prompt);
-- hard cap: when speech has run ``max_buffer_s`` (25 s, under Whisper's 30 s window) without a
-  commit to cut at, the window is decoded and a final is forced with all its words but the last
-  (which the window edge may have cut; its audio stays), and the buffer is cut at that final's
-  end. If the decoder returned no word for the whole window (mumble, noise the VAD took for
-  speech), the heard audio is dropped but the last second.
-- finals on a monologue: once the committed-not-final words span ``max_utterance_s`` (25 s), they
-  are sent as a final (the unconfirmed tail stays pending), so speech without pauses still gets
-  finals and the policy's pending words stay bounded too.
+- in silence, with no final pending or decode in flight: cut to ``max(committed_end, vad_time -
+  pad)`` after every slice (hold music, hours on hold: the buffer holds ``pad`` seconds);
+- in speech, when the buffer is longer than ``trim_buffer_s``: cut at the last committed word's
+  end (the committed text goes on as the prompt), so windows stay short;
+- hard cap: when speech has run ``max_buffer_s`` (under Whisper's 30 s window) without a commit
+  to cut at, the window is decoded and a final is forced with all its words but the last (which
+  the window edge may have cut; its audio stays), and the buffer is cut at that final's end. If
+  the decoder returned no word for the whole window, the heard audio is dropped but the last
+  second. ``push`` waits for the decode in flight before the buffer would pass the cap
+  (backpressure: the gateway stops reading, gRPC flow control stops the sender).
+- finals on a monologue: once the committed-not-final words span ``max_utterance_s``, they are
+  sent as a final (the unconfirmed tail stays pending).
 
-So the buffer never exceeds ``max_buffer_s`` plus one push slice (0.512 s) on a call of any length.
-
-Decode failures: the exception propagates out of ``push``; the buffer has not been cut, but the
-chunk's remaining slices are not processed, so ``decode`` should do its own failover (retry on
-another worker) rather than raise.
+Decode failures: the exception is kept and raised by the next ``push``/``drain``/``close``; the
+buffer has not been cut for it. ``decode`` should do its own failover (retry on another worker).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -56,10 +59,13 @@ from scribe_libs.streaming.policy import LocalAgreementPolicy
 from scribe_libs.streaming.types import Result, SpeechEvent, SpeechEventType, Word
 from scribe_libs.streaming.vad import FRAME_SAMPLES, StreamingVad, VadConfig
 
-#: ``decode(window_audio float32[n] 16 kHz, prompt) -> words`` with times relative to the window.
-Decoder = Callable[[np.ndarray, str], Sequence[Word] | Awaitable[Sequence[Word]]]
+#: ``decode(window_audio float32[n] 16 kHz, prompt, final) -> words`` with times relative to the
+#: window; ``final`` is True for a window that closes an utterance.
+Decoder = Callable[[np.ndarray, str, bool], Sequence[Word] | Awaitable[Sequence[Word]]]
 #: What a stream yields.
 StreamEvent = Result | SpeechEvent
+#: Receives events as they happen (the gateway sends them to the caller).
+Emit = Callable[[list[StreamEvent]], None]
 
 #: Audio is processed in slices of this many samples (16 VAD frames, 0.512 s), so a large chunk
 #: (an accelerated replay) is decoded on the same schedule as real-time audio.
@@ -72,10 +78,10 @@ class StreamConfig:
 
     Attributes:
         vad: VAD decision parameters (``endpointing_ms`` is the caller's endpointing silence).
-        min_decode_interval_s: New audio (s) between two interim decodes during speech. 1.0 s: a
-            decode costs ~0.55 s on tiny.en/2 cores (DESIGN.md), so decoding more often cannot
-            keep up with real time.
-        trim_buffer_s: Buffer length (s) past which it is cut at the last committed word.
+        min_decode_interval_s: New audio (s) between two interim decodes during speech (more
+            when the worker is behind: interims are coalesced).
+        trim_buffer_s: Buffer length (s) past which it is cut at the last committed word; keeps
+            windows near 10 s (a short-input decode costs what its window costs).
         max_buffer_s: Hard cap (s) that forces a final; below Whisper's 30 s window.
         max_utterance_s: A final is sent once committed-not-final words span this long (s), so a
             monologue without pauses still gets finals (only agreed words go into it).
@@ -84,10 +90,16 @@ class StreamConfig:
 
     vad: VadConfig = field(default_factory=VadConfig)
     min_decode_interval_s: float = 1.0
-    trim_buffer_s: float = 15.0
+    trim_buffer_s: float = 10.0
     max_buffer_s: float = 25.0
     max_utterance_s: float = 25.0
     interim_results: bool = True
+
+
+@dataclass(frozen=True)
+class _Job:
+    kind: str  # "interim", "end" (VAD end of speech), "force", "close", "cap"
+    end: float  # stream time (s) the window ends at
 
 
 class ChannelStream:
@@ -100,6 +112,8 @@ class ChannelStream:
         config: Parameters.
         vad_session: Silero ONNX session to share between channels (each channel keeps its own
             state); None: faster-whisper's bundled model.
+        emit: Receives events as they happen; None collects them for the next ``push``/``drain``/
+            ``close`` to return.
     """
 
     def __init__(
@@ -108,18 +122,26 @@ class ChannelStream:
         channel: int = 0,
         config: StreamConfig | None = None,
         vad_session=None,  # noqa: ANN001 - onnxruntime.InferenceSession
+        emit: Emit | None = None,
     ):
         self.config = config or StreamConfig()
         self.channel = channel
         self._decode = decode
+        self._emit_to = emit
         self.vad = StreamingVad(self.config.vad, session=vad_session, channel=channel)
         self.policy = LocalAgreementPolicy(channel)
         # Capacity: the cap plus one slice and a margin; reaching it would be a bug (OverflowError).
         self.buffer = AudioBuffer(TARGET_SAMPLE_RATE, self.config.max_buffer_s + 5.0)
         self._pad = self.config.vad.speech_pad_ms / 1000
         self._last_decode_end = 0.0
+        self._finals_due: deque[_Job] = deque()
+        self._task: asyncio.Task | None = None
+        self._error: BaseException | None = None
+        self._ready: list[StreamEvent] = []
         self.decodes = 0
         """Decode calls made so far."""
+        self.coalesced_seconds = 0.0
+        """Audio (s) that arrived past the interim interval while a decode was in flight."""
         self.max_buffer_seen = 0.0
         """Longest buffer (s) held so far (for memory checks)."""
 
@@ -128,165 +150,265 @@ class ChannelStream:
         """Audio received on this channel, seconds."""
         return self.buffer.end
 
+    @property
+    def decoding(self) -> bool:
+        """A decode is in flight."""
+        return self._task is not None
+
     async def push(self, samples: np.ndarray) -> list[StreamEvent]:
-        """Process new audio.
+        """Process new audio (returns without waiting for decodes, except at the buffer cap).
 
         Args:
             samples: float32 mono 16 kHz, any length (long chunks are processed in 0.512 s slices).
 
         Returns:
-            Speech events and results, in the order they happened.
+            Events not handed to ``emit`` yet, in the order they happened.
+
+        Raises:
+            Exception: what a background decode raised.
         """
+        self._raise_error()
         samples = np.asarray(samples, dtype=np.float32)
-        events: list[StreamEvent] = []
         for lo in range(0, len(samples), SLICE_SAMPLES):
-            events += await self._push_slice(samples[lo : lo + SLICE_SAMPLES])
-        return events
+            await self._push_slice(samples[lo : lo + SLICE_SAMPLES])
+        return self._take()
+
+    async def drain(self) -> list[StreamEvent]:
+        """Wait until no decode is in flight or due; returns the events collected."""
+        await self._settle()
+        return self._take()
 
     async def force_finalize(self) -> list[StreamEvent]:
         """Close the current utterance now (the caller's force-finalize control message).
 
         Returns:
-            The final (nothing when no word was heard since the last final).
+            Events collected, ending with the final (none when no word was heard since the last).
         """
-        if not self.vad.in_speech and not self.policy.pending_words:
-            return []
-        words, start, end = await self._decode_window(self.buffer.end)
-        results = self.policy.force_finalize(words, start, end)
-        self.buffer.cut_to(self.policy.committed_end)
-        return list(results)
+        await self._settle()
+        if self.vad.in_speech or self.policy.pending_words:
+            await self._run(_Job("force", self.buffer.end))
+        return self._take()
 
     async def close(self) -> list[StreamEvent]:
-        """End of stream: end any speech in progress and return the last final."""
-        events: list[StreamEvent] = []
+        """End of stream: end any speech in progress and return the last events and final."""
+        await self._settle()
         if self.vad.in_speech or self.policy.pending_words:
             if self.vad.speaking:
-                events.append(SpeechEvent(SpeechEventType.SPEECH_END, self.buffer.end, self.channel))
-            words, start, end = await self._decode_window(self.buffer.end)
-            events += self.policy.end_of_speech(words, start, end)
-            self.buffer.cut_to(self.policy.committed_end)
-        return events
+                self._emit([SpeechEvent(SpeechEventType.SPEECH_END, self.buffer.end, self.channel)])
+            await self._run(_Job("close", self.buffer.end))
+        return self._take()
+
+    async def cancel(self) -> None:
+        """Stop the decode in flight (the call was cancelled); nothing more is emitted."""
+        self._finals_due.clear()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     # --- internals -----------------------------------------------------------------------------
 
-    async def _push_slice(self, samples: np.ndarray) -> list[StreamEvent]:
-        events: list[StreamEvent] = []
+    def _emit(self, events: Sequence[StreamEvent]) -> None:
+        if not events:
+            return
+        if self._emit_to is not None:
+            self._emit_to(list(events))
+        else:
+            self._ready.extend(events)
+
+    def _take(self) -> list[StreamEvent]:
+        out, self._ready = self._ready, []
+        return out
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    async def _settle(self) -> None:
+        while self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+        self._raise_error()
+
+    async def _push_slice(self, samples: np.ndarray) -> None:
+        cfg = self.config
+        if self.buffer.duration + len(samples) / TARGET_SAMPLE_RATE > cfg.max_buffer_s and self._task is not None:
+            await self._settle()  # backpressure: the decode in flight decides where to cut
         self.buffer.append(samples)
         self.max_buffer_seen = max(self.max_buffer_seen, self.buffer.duration)
+        events: list[StreamEvent] = []
         for event in self.vad.process(samples):
             events.append(event)
             if event.type is SpeechEventType.SPEECH_BEGIN:
                 self._last_decode_end = max(self._last_decode_end, event.time)
             else:
-                events += await self._end_of_speech(event.time)
-        cfg = self.config
-        speaking = self.vad.speaking
-        if speaking and self.buffer.duration >= cfg.max_buffer_s:
-            events += await self._cap()
-        elif speaking and self.buffer.end - self._last_decode_end >= cfg.min_decode_interval_s:
-            words, start, end = await self._decode_window(self.buffer.end)
-            events += [r for r in self.policy.feed(words, start, end) if cfg.interim_results]
-        first = self.policy.committed_start
-        if speaking and first is not None and self.policy.committed_end - first >= cfg.max_utterance_s:
-            events += self.policy.finalize_committed()
+                self._finals_due.append(_Job("end", min(event.time + self._pad, self.buffer.end)))
+        self._emit(events)
+        if self.vad.speaking and self.buffer.duration >= cfg.max_buffer_s:
+            await self._settle()
+            if self.buffer.duration >= cfg.max_buffer_s:
+                await self._run(_Job("cap", self.buffer.end))
+        self._kick()
         self._trim()
-        return events
 
-    async def _end_of_speech(self, speech_end: float) -> list[StreamEvent]:
-        end = min(speech_end + self._pad, self.buffer.end)
-        words, start, end = await self._decode_window(end)
-        results = self.policy.end_of_speech(words, start, end)
-        self.buffer.cut_to(self.policy.committed_end)
-        return list(results)
+    def _next_job(self) -> _Job | None:
+        if self._finals_due:
+            return self._finals_due.popleft()
+        if self.vad.speaking and self.buffer.end - self._last_decode_end >= self.config.min_decode_interval_s:
+            return _Job("interim", self.buffer.end)
+        return None
 
-    async def _cap(self) -> list[StreamEvent]:
-        words, start, end = await self._decode_window(self.buffer.end)
-        results = self.policy.force_finalize(words, start, end, hold_last_word=True)
-        self.buffer.cut_to(self.policy.committed_end)
-        if self.buffer.duration > self.config.trim_buffer_s:
-            # No word to cut at: the audio up to the held word (or the last second) was heard and
-            # gave nothing (or only a loop that was cut).
-            held = self.policy.held_word
-            target = self.buffer.end - 1.0 if held is None else min(held.start, self.buffer.end - 1.0)
-            self.buffer.cut_to(max(self.policy.committed_end, target))
-        return list(results)
+    def _kick(self) -> None:
+        if self._task is not None:
+            if self.vad.speaking and self.buffer.end - self._last_decode_end >= self.config.min_decode_interval_s:
+                self.coalesced_seconds += len(self.buffer.audio(self.buffer.end - 0.001)) / TARGET_SAMPLE_RATE
+            return
+        job = self._next_job()
+        if job is not None:
+            self._task = asyncio.create_task(self._work(job))
+
+    async def _work(self, job: _Job | None) -> None:
+        try:
+            while job is not None:
+                await self._run(job)
+                job = self._next_job()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - raised by the next push/drain/close
+            self._error = exc
+        finally:
+            self._task = None
+
+    async def _run(self, job: _Job) -> None:
+        cfg = self.config
+        start = self.buffer.start
+        end = min(job.end, self.buffer.end)
+        audio = self.buffer.audio(start, end)
+        self._last_decode_end = max(self._last_decode_end, end)
+        words: list[Word] = []
+        if len(audio):
+            prompt = self.policy.prompt(before=start)
+            self.decodes += 1
+            words = await self._call(audio, prompt, job.kind != "interim")
+        if job.kind == "interim":
+            results = [r for r in self.policy.feed(words, start, end) if cfg.interim_results]
+            first = self.policy.committed_start
+            if self.vad.speaking and first is not None and self.policy.committed_end - first >= cfg.max_utterance_s:
+                results += self.policy.finalize_committed()
+        elif job.kind in ("end", "close"):
+            results = self.policy.end_of_speech(words, start, end)
+            self.buffer.cut_to(self.policy.committed_end)
+        elif job.kind == "force":
+            results = self.policy.force_finalize(words, start, end)
+            self.buffer.cut_to(self.policy.committed_end)
+        else:  # cap
+            results = self.policy.force_finalize(words, start, end, hold_last_word=True)
+            self.buffer.cut_to(self.policy.committed_end)
+            if self.buffer.duration > cfg.trim_buffer_s:
+                # No word to cut at: the audio up to the held word (or the last second) was heard
+                # and gave nothing (or only a loop that was cut).
+                held = self.policy.held_word
+                target = self.buffer.end - 1.0 if held is None else min(held.start, self.buffer.end - 1.0)
+                self.buffer.cut_to(max(self.policy.committed_end, target))
+        self._emit(results)
+        self._trim()
 
     def _trim(self) -> None:
         if not self.vad.in_speech:
-            self.buffer.cut_to(max(self.policy.committed_end, self.vad.processed_time - self._pad))
+            if not self._finals_due and self._task is None:
+                self.buffer.cut_to(max(self.policy.committed_end, self.vad.processed_time - self._pad))
         elif self.buffer.duration > self.config.trim_buffer_s:
             self.buffer.cut_to(self.policy.committed_end)
 
-    async def _decode_window(self, end: float) -> tuple[list[Word], float, float]:
-        start = self.buffer.start
-        audio = self.buffer.audio(start, end)
-        self._last_decode_end = max(self._last_decode_end, end)
-        if len(audio) == 0:
-            return [], start, end
-        prompt = self.policy.prompt(before=start)
-        self.decodes += 1
-        if inspect.iscoroutinefunction(self._decode) or inspect.iscoroutinefunction(
-            getattr(self._decode, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    async def _call(self, audio: np.ndarray, prompt: str, final: bool) -> list[Word]:
+        decode = self._decode
+        if inspect.iscoroutinefunction(decode) or inspect.iscoroutinefunction(
+            getattr(decode, "__call__", None)  # noqa: B004 - callable objects with async __call__
         ):
-            words = await self._decode(audio, prompt)
+            words = await decode(audio, prompt, final)
         else:
-            words = await asyncio.to_thread(self._decode, audio, prompt)
+            words = await asyncio.to_thread(decode, audio, prompt, final)
             if inspect.isawaitable(words):
                 words = await words
-        return list(words), start, end
+        return list(words)
 
 
 class StreamSession:
     """A call: raw audio bytes in, per-channel results and speech events out.
 
     Args:
-        decode: The window decoder shared by the channels (see :data:`Decoder`).
+        decode: The window decoder shared by the channels, or one per channel (see :data:`Decoder`).
         encoding: ``"LINEAR16"``, ``"MULAW"`` or ``"ALAW"``.
         sample_rate: Hz.
         channels: 1 or 2 interleaved channels; each is recognised on its own.
         config: Streaming parameters.
         vad_session: Shared Silero session (None: faster-whisper's).
+        emit: Receives events as they happen (None: returned by push/drain/close).
+        field_prefix: Prefix of the field named in a format error (``"config."`` in the gateway).
 
     Raises:
         InvalidArgument: Unsupported encoding, rate or channel count (see
             :func:`scribe_libs.callaudio.validate_format`).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
-        decode: Decoder,
+        decode: Decoder | Sequence[Decoder],
         encoding: str,
         sample_rate: int,
         channels: int = 1,
         config: StreamConfig | None = None,
         vad_session=None,  # noqa: ANN001
+        emit: Emit | None = None,
+        field_prefix: str = "",
     ):
-        self.decoder = CallAudioDecoder(encoding, sample_rate, channels)
-        self.channels = [ChannelStream(decode, c, config, vad_session) for c in range(channels)]
+        self.decoder = CallAudioDecoder(encoding, sample_rate, channels, field_prefix=field_prefix)
+        decoders = list(decode) if isinstance(decode, Sequence) else [decode] * channels
+        self.channels = [
+            ChannelStream(decoders[c], c, config, vad_session, emit) for c in range(channels)
+        ]
 
     @property
     def audio_seconds(self) -> float:
         """Seconds of call audio received (per channel)."""
         return self.decoder.input_seconds
 
+    @property
+    def decodes(self) -> int:
+        """Decode calls made so far (all channels)."""
+        return sum(c.decodes for c in self.channels)
+
+    def decode_audio(self, chunk: bytes) -> list[np.ndarray]:
+        """Raw bytes to one float32 16 kHz array per channel (no recognition yet)."""
+        return self.decoder.decode(chunk)
+
+    async def push_samples(self, per_channel: Sequence[np.ndarray]) -> list[StreamEvent]:
+        """Process decoded audio on every channel; returns the events collected."""
+        groups = await asyncio.gather(*(c.push(s) for c, s in zip(self.channels, per_channel, strict=True)))
+        return [e for g in groups for e in g]
+
     async def push(self, chunk: bytes) -> list[StreamEvent]:
-        """Decode a chunk of raw bytes and process every channel; returns their events."""
-        events: list[StreamEvent] = []
-        for stream, samples in zip(self.channels, self.decoder.decode(chunk), strict=True):
-            events += await stream.push(samples)
-        return events
+        """Decode a chunk of raw bytes and process every channel; returns the events collected."""
+        return await self.push_samples(self.decode_audio(chunk))
+
+    async def drain(self) -> list[StreamEvent]:
+        """Wait for every channel's decodes; returns the events collected."""
+        groups = await asyncio.gather(*(c.drain() for c in self.channels))
+        return [e for g in groups for e in g]
 
     async def force_finalize(self) -> list[StreamEvent]:
         """Force a final on every channel."""
-        events: list[StreamEvent] = []
-        for stream in self.channels:
-            events += await stream.force_finalize()
-        return events
+        groups = await asyncio.gather(*(c.force_finalize() for c in self.channels))
+        return [e for g in groups for e in g]
 
     async def close(self) -> list[StreamEvent]:
         """End of stream: flush the resamplers and close every channel."""
-        events: list[StreamEvent] = []
-        for stream, samples in zip(self.channels, self.decoder.flush(), strict=True):
-            events += await stream.push(samples)
-            events += await stream.close()
-        return events
+        events = await self.push_samples(self.decoder.flush())
+        groups = await asyncio.gather(*(c.close() for c in self.channels))
+        return events + [e for g in groups for e in g]
+
+    async def cancel(self) -> None:
+        """Stop every channel's decode in flight."""
+        await asyncio.gather(*(c.cancel() for c in self.channels))

@@ -1,11 +1,16 @@
 """One live call: raw audio in, results out, and the finished call stored as a job.
 
-A :class:`CallSession` holds a :class:`~scribe_libs.callaudio.CallAudioDecoder` and one
-:class:`~scribe_libs.streaming.ChannelStream` per channel. The channels are pushed concurrently,
-so their windows reach the workers together (and are decoded in one batch there). Each channel's
-decode callable sends a ``Transcriber.Decode`` through :class:`~scribe_stream_gateway.workers.WorkerPool`
-(failover included), so a failing worker never loses the channel's audio: the window is simply
-decoded elsewhere.
+A :class:`CallSession` runs a :class:`~scribe_libs.streaming.StreamSession` (the driver the unit
+tests test: one decode in flight per channel, coalesced interims, closing decodes first) and turns
+its events into responses on :attr:`CallSession.out` as they happen. Each channel's decode callable
+sends a ``Transcriber.Decode`` (with the channel's session id and the window's priority) through
+:class:`~scribe_stream_gateway.workers.WorkerPool`: first to the worker the session was admitted
+on, failing over to others, so a failing worker never loses the channel's audio.
+
+Text features (:mod:`scribe_stream_gateway.livetext`): glossary terms bias every window; results
+sent to the caller get the glossary corrections and, with ``redact``, redaction (interims also hide
+every digit, since half a number cannot be classified yet); the stored raw transcript is redacted
+before it is written.
 
 Storage (DESIGN.md: calls and files share one history): :meth:`CallSession.store` writes the finals
 as ``results/<job_id>/raw.json`` (one segment per final, with its channel), creates the job record
@@ -33,13 +38,15 @@ import numpy as np
 from scribe.v1 import jobs_pb2, streaming_pb2, transcriber_pb2, transcript_pb2
 from scribe_libs import bus as busmod
 from scribe_libs import metrics
-from scribe_libs.callaudio import TARGET_SAMPLE_RATE, CallAudioDecoder, float_to_int16
+from scribe_libs.callaudio import TARGET_SAMPLE_RATE, float_to_int16
 from scribe_libs.formats import transcript_to_json
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, JobStore, audio_key, now_timestamp, raw_transcript_key
 from scribe_libs.objectstore import ObjectStore
-from scribe_libs.streaming import ChannelStream, Result, SpeechEvent, SpeechEventType, StreamConfig, VadConfig, Word
+from scribe_libs.streaming import Result, SpeechEvent, SpeechEventType, StreamConfig, StreamSession, VadConfig, Word
+from scribe_libs.textproc import redact_transcript
+from scribe_stream_gateway.livetext import LiveText, mask_digits
 from scribe_stream_gateway.options import SessionOptions
-from scribe_stream_gateway.workers import WorkerPool
+from scribe_stream_gateway.workers import Placement, WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -63,29 +70,38 @@ class CallSession:
         options: The validated config.
         workers: Decode with failover.
         vad_session: Shared Silero ONNX session.
+        max_utterance_seconds: See :class:`~scribe_libs.streaming.StreamConfig`.
+        live_text: Glossary bias/corrections and redaction (None: neither).
+        placement: The worker the session was admitted on (its windows go there first).
     """
 
-    def __init__(  # noqa: D107
+    def __init__(  # noqa: D107, PLR0913
         self,
         job_id: str,
         options: SessionOptions,
         workers: WorkerPool,
         vad_session=None,  # noqa: ANN001 - onnxruntime session
         max_utterance_seconds: float = StreamConfig.max_utterance_s,
+        live_text: LiveText | None = None,
+        placement: Placement | None = None,
     ):
         self.job_id = job_id
         self.options = options
         self.workers = workers
-        self.decoder = CallAudioDecoder(options.encoding, options.sample_rate, options.channels, field_prefix="config.")
+        self.live_text = live_text
+        self.placement = placement
         threshold = NARROWBAND_VAD_THRESHOLD if options.sample_rate <= 8000 else VadConfig.threshold
         stream_config = StreamConfig(
             vad=VadConfig(endpointing_ms=options.endpointing_ms, threshold=threshold),
             interim_results=options.interim_results,
             max_utterance_s=max_utterance_seconds,
         )
-        self.channels = [
-            ChannelStream(self._decoder_for(c), c, stream_config, vad_session) for c in range(options.channels)
-        ]
+        self.out: asyncio.Queue[R] = asyncio.Queue()
+        """Responses for the caller, in the order they happened (interims, finals, speech events)."""
+        self.stream = StreamSession(
+            [self._decoder_for(c) for c in range(options.channels)], options.encoding, options.sample_rate,
+            options.channels, stream_config, vad_session, emit=self._emit, field_prefix="config.",
+        )
         self.started = time.monotonic()
         self.start_timestamp = now_timestamp()
         self.finals: list[Result] = []
@@ -111,16 +127,19 @@ class CallSession:
     @property
     def audio_seconds(self) -> float:
         """Call audio received per channel, seconds."""
-        return self.decoder.input_seconds
+        return self.stream.audio_seconds
 
     # --- the call ------------------------------------------------------------------------------
 
-    async def audio(self, chunk: bytes) -> list[R]:
-        """Process a chunk of raw audio; returns the responses it produced."""
-        samples = self.decoder.decode(chunk)
+    async def audio(self, chunk: bytes) -> None:
+        """Process a chunk of raw audio (its results arrive on :attr:`out` as they are decoded)."""
+        per_channel = self.stream.decode_audio(chunk)
         # When audio up to this stream time arrived (wall clock), for the latency histograms.
-        self._arrivals.append((self.decoder.input_seconds, time.monotonic()))
-        return await self._push(samples)
+        self._arrivals.append((self.stream.audio_seconds, time.monotonic()))
+        if self._wav is not None and len(per_channel[0]):
+            frames = np.stack(per_channel, axis=1) if len(per_channel) > 1 else per_channel[0]
+            await asyncio.to_thread(self._wav.writeframes, float_to_int16(frames).astype("<i2").tobytes())
+        await self.stream.push_samples(per_channel)
 
     def _arrived(self, stream_seconds: float) -> float | None:
         """Wall-clock (monotonic) time the audio up to ``stream_seconds`` had arrived, if still known."""
@@ -146,16 +165,13 @@ class CallSession:
             if arrived is not None:
                 metrics.final_latency.record(now - arrived)
 
-    async def force_finalize(self) -> list[R]:
+    async def force_finalize(self) -> None:
         """Close the utterance in progress on every channel."""
-        groups = await asyncio.gather(*(c.force_finalize() for c in self.channels))
-        return self._responses(groups)
+        await self.stream.force_finalize()
 
-    async def finish(self) -> list[R]:
-        """End of the caller's audio: flush the resamplers, close every channel; the last finals."""
-        out = await self._push(self.decoder.flush())
-        groups = await asyncio.gather(*(c.close() for c in self.channels))
-        return out + self._responses(groups)
+    async def finish(self) -> None:
+        """End of the caller's audio: flush the resamplers, close every channel (the last finals)."""
+        await self.stream.close()
 
     def summary(self, job_id: str) -> R:
         """The end-of-stream summary."""
@@ -166,8 +182,15 @@ class CallSession:
             )
         )
 
+    async def cancel(self) -> None:
+        """Stop the decodes in flight (the caller went away)."""
+        await self.stream.cancel()
+
     def close(self) -> None:
-        """Release the recording (idempotent)."""
+        """Release the recording and the session's place on its worker (idempotent)."""
+        if self.placement is not None:
+            self.workers.release(self.placement)
+            self.placement = None
         if self._wav is not None:
             with contextlib.suppress(Exception):
                 self._wav.close()
@@ -177,20 +200,17 @@ class CallSession:
                 self._recording.close()
             self._recording = None
 
-    async def _push(self, per_channel: list[np.ndarray]) -> list[R]:
-        if self._wav is not None and len(per_channel[0]):
-            frames = np.stack(per_channel, axis=1) if len(per_channel) > 1 else per_channel[0]
-            await asyncio.to_thread(self._wav.writeframes, float_to_int16(frames).astype("<i2").tobytes())
-        groups = await asyncio.gather(*(c.push(s) for c, s in zip(self.channels, per_channel, strict=True)))
-        return self._responses(groups)
-
     def _decoder_for(self, channel: int):  # noqa: ANN202 - the ChannelStream decode coroutine
-        async def decode(audio: np.ndarray, prompt: str) -> list[Word]:
+        hotwords = self.live_text.hotwords if self.live_text is not None else self.options.hotwords
+        session_id = f"{self.job_id}/{channel}"
+
+        async def decode(audio: np.ndarray, prompt: str, final: bool) -> list[Word]:
             request = transcriber_pb2.DecodeRequest(
                 audio=float_to_int16(audio).astype("<i2").tobytes(), prompt=prompt, language=self.options.language,
-                model=self.options.model, word_timestamps=True, hotwords=self.options.hotwords,
+                model=self.options.model, word_timestamps=True, hotwords=hotwords, session_id=session_id,
+                priority=transcriber_pb2.DECODE_PRIORITY_FINAL if final else transcriber_pb2.DECODE_PRIORITY_INTERIM,
             )
-            response, retries = await self.workers.decode(request)
+            response, retries = await self.workers.decode(request, self.placement)
             self.decodes += 1
             self.retries += retries
             self.worker_ids.add(response.worker_id)
@@ -202,31 +222,39 @@ class CallSession:
 
         return decode
 
-    def _responses(self, groups: list[list]) -> list[R]:
+    def _emit(self, events: list) -> None:
+        for response in self._responses(events):
+            self.out.put_nowait(response)
+
+    def _responses(self, events: list) -> list[R]:
         out: list[R] = []
-        for events in groups:
-            for event in events:
-                self._observe(event)
-                if isinstance(event, SpeechEvent):
-                    out.append(R(speech_event=streaming_pb2.SpeechEvent(
-                        type=_EVENT_TYPES[event.type], time=round(event.time, 3), channel=event.channel,
-                        role=self.options.roles[event.channel],
-                    )))
-                    continue
-                if event.is_final:
-                    self.finals.append(event)
-                result = streaming_pb2.StreamingResult(
-                    result_id=event.result_id, is_final=event.is_final, stability=event.stability, text=event.text,
-                    channel=event.channel, role=self.options.roles[event.channel], language=self.language,
-                    start=round(event.start, 3), end=round(event.end, 3),
+        for event in events:
+            self._observe(event)
+            if isinstance(event, SpeechEvent):
+                out.append(R(speech_event=streaming_pb2.SpeechEvent(
+                    type=_EVENT_TYPES[event.type], time=round(event.time, 3), channel=event.channel,
+                    role=self.options.roles[event.channel],
+                )))
+                continue
+            if event.is_final:
+                self.finals.append(event)
+            text, words = event.text, event.words
+            if self.live_text is not None:
+                text, words = self.live_text.apply(text, words)
+                if self.live_text.redacts and not event.is_final:
+                    text, words = mask_digits(text, words)
+            result = streaming_pb2.StreamingResult(
+                result_id=event.result_id, is_final=event.is_final, stability=event.stability, text=text,
+                channel=event.channel, role=self.options.roles[event.channel], language=self.language,
+                start=round(event.start, 3), end=round(event.end, 3),
+            )
+            if self.options.word_timestamps:
+                result.words.extend(
+                    transcript_pb2.Word(start=round(w.start, 3), end=round(w.end, 3), word=w.text,
+                                        probability=w.probability)
+                    for w in words
                 )
-                if self.options.word_timestamps:
-                    result.words.extend(
-                        transcript_pb2.Word(start=round(w.start, 3), end=round(w.end, 3), word=w.text,
-                                            probability=w.probability)
-                        for w in event.words
-                    )
-                out.append(R(result=result))
+            out.append(R(result=result))
         return out
 
     # --- storing the call -----------------------------------------------------------------------
@@ -251,6 +279,9 @@ class CallSession:
         """Store the call as a job (see the module docstring); returns the job id."""
         cfg = self.options.config
         transcript = self.transcript()
+        if cfg.redact:
+            # As the transcriber does: clear text never reaches the object store.
+            transcript = await asyncio.to_thread(redact_transcript, transcript)
         await store.put_bytes(
             RESULTS_BUCKET, raw_transcript_key(self.job_id), transcript_to_json(transcript), "application/json"
         )
@@ -269,7 +300,8 @@ class CallSession:
                 language=self.options.language, model=self.model, hotwords=self.options.hotwords,
                 word_timestamps=True, vad_filter=True,
             ),
-            labels=labels, filename="live call", retain_audio=cfg.retain_audio, glossary_ids=cfg.glossary_ids,
+            labels=labels, filename="live call", retain_audio=cfg.retain_audio,
+            glossary_ids=self.live_text.glossary_ids if self.live_text is not None else cfg.glossary_ids,
             redact=cfg.redact,
         )
         job = jobs_pb2.Job(

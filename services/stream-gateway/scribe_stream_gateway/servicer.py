@@ -2,13 +2,17 @@
 
 The loop of one call (requests are handled strictly in order):
 
-1. the session cap is checked before anything is read (RESOURCE_EXHAUSTED ``TOO_MANY_SESSIONS``
-   with RetryInfo);
-2. the first request must carry a valid ``StreamingConfig`` (INVALID_ARGUMENT otherwise) and a live
-   worker must be able to decode its model;
-3. audio is decoded, VAD'd and recognised (:class:`~scribe_stream_gateway.call.CallSession`); its
-   results are sent as they come; ``force_finalize`` closes the utterance now; ``keepalive`` only
-   resets the idle timer;
+1. the gateway's session cap is checked before anything is read (RESOURCE_EXHAUSTED
+   ``TOO_MANY_SESSIONS`` with RetryInfo);
+2. the first request must carry a valid ``StreamingConfig`` (INVALID_ARGUMENT otherwise, unknown
+   glossary ids included), a live worker must be able to decode its model, and one must have
+   free measured capacity for its channels (RESOURCE_EXHAUSTED ``REALTIME_CAPACITY_FULL`` with
+   RetryInfo: a call that cannot be served well is refused up front);
+3. audio is decoded, VAD'd and recognised (:class:`~scribe_stream_gateway.call.CallSession`) in a
+   processing task; its results are sent as soon as their decode returns, independently of the
+   requests still arriving; ``force_finalize`` closes the utterance now; ``keepalive`` only
+   resets the idle timer. Everything runs inside the session's span, so the Decode calls are its
+   children;
 4. on the caller's half-close: the last finals, the call stored as a job, then the summary.
 
 Flow control (never dropping audio): a reader task moves requests from the gRPC stream into a
@@ -34,22 +38,26 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+from opentelemetry import trace
 
 from scribe.v1 import streaming_pb2, streaming_pb2_grpc
 from scribe_libs import bus as busmod
 from scribe_libs import metrics
 from scribe_libs.auth import current_principal
 from scribe_libs.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from scribe_libs.glossaries import GlossaryStore
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, new_job_id
 from scribe_libs.logs import job_context
 from scribe_libs.objectstore import ObjectStore, open_store
 from scribe_libs.server import GrpcServer, start_grpc_server
 from scribe_stream_gateway.call import CallSession
 from scribe_stream_gateway.config import Settings
+from scribe_stream_gateway.livetext import load_live_text
 from scribe_stream_gateway.options import validate_streaming_config
 from scribe_stream_gateway.workers import WorkerPool
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 Req = streaming_pb2.StreamingRecognizeRequest
 Resp = streaming_pb2.StreamingRecognizeResponse
@@ -59,12 +67,16 @@ _END = object()
 class StreamGatewayServicer(streaming_pb2_grpc.StreamGatewayServicer):
     """Implements scribe.v1.StreamGateway."""
 
-    def __init__(self, settings: Settings, bus: busmod.Bus, store: ObjectStore, workers: WorkerPool, vad_session):  # noqa: ANN001
+    def __init__(  # noqa: PLR0913
+        self, settings: Settings, bus: busmod.Bus, store: ObjectStore, workers: WorkerPool, vad_session,  # noqa: ANN001
+        glossaries: GlossaryStore | None = None,
+    ):
         self.settings = settings
         self.bus = bus
         self.store = store
         self.workers = workers
         self.vad_session = vad_session
+        self.glossaries = glossaries or GlossaryStore(bus.glossaries)
         self.active = 0
 
     async def StreamingRecognize(  # noqa: N802 - gRPC method name
@@ -72,6 +84,7 @@ class StreamGatewayServicer(streaming_pb2_grpc.StreamGatewayServicer):
     ) -> AsyncIterator[Resp]:
         """See protos/scribe/v1/streaming.proto."""
         if self.active >= self.settings.max_sessions:
+            metrics.stream_sessions_refused.add(1, {"reason": "TOO_MANY_SESSIONS"})
             raise ResourceExhausted(
                 "TOO_MANY_SESSIONS", f"the gateway runs its maximum of {self.settings.max_sessions} sessions",
                 subject="stream-gateway:sessions", retry_after=self.settings.retry_after_seconds,
@@ -81,35 +94,74 @@ class StreamGatewayServicer(streaming_pb2_grpc.StreamGatewayServicer):
         queue: asyncio.Queue = asyncio.Queue(maxsize=1)
         reader = asyncio.create_task(self._read(request_iterator, queue))
         session: CallSession | None = None
+        processing: asyncio.Task | None = None
         try:
-            first = await self._next(queue)
-            if first is _END or first.WhichOneof("request") != "config":
-                raise InvalidArgument(
-                    "CONFIG_REQUIRED", "the first StreamingRecognize message must carry the StreamingConfig",
-                    field="config",
+            with _tracer.start_as_current_span("scribe.stream.session") as span:
+                first = await self._next(queue)
+                if first is _END or first.WhichOneof("request") != "config":
+                    raise InvalidArgument(
+                        "CONFIG_REQUIRED", "the first StreamingRecognize message must carry the StreamingConfig",
+                        field="config",
+                    )
+                options = validate_streaming_config(first.config, self.settings)
+                live_text = await load_live_text(first.config, options.hotwords, self.glossaries)
+                try:
+                    placement = await self.workers.admit(options.model, options.channels)
+                except ResourceExhausted:
+                    metrics.stream_sessions_refused.add(1, {"reason": "REALTIME_CAPACITY_FULL"})
+                    raise
+                job_id = new_job_id()
+                span.set_attribute("scribe.job_id", job_id)
+                span.set_attribute("scribe.worker_id", placement.worker_id)
+                session = CallSession(
+                    job_id, options, self.workers, self.vad_session, self.settings.max_utterance_seconds,
+                    live_text=live_text, placement=placement,
                 )
-            options = validate_streaming_config(first.config, self.settings)
-            await self.workers.check_model(options.model)
-            job_id = new_job_id()
-            session = CallSession(
-                job_id, options, self.workers, self.vad_session, self.settings.max_utterance_seconds
-            )
-            session.owner = current_principal().owner  # the stored call belongs to the caller's key
-            with job_context(job_id):
-                log.info("session started", extra={"encoding": options.encoding, "sample_rate": options.sample_rate,
-                                                   "channels": options.channels})
-                async for response in self._run(session, queue):
-                    yield response
+                session.owner = current_principal().owner  # the stored call belongs to the caller's key
+                with job_context(job_id):
+                    log.info("session started", extra={"encoding": options.encoding, "channels": options.channels,
+                                                       "sample_rate": options.sample_rate,
+                                                       "worker_id": placement.worker_id})
+                    # Requests are processed in one task (its decodes inherit this span's context);
+                    # responses are sent as soon as any decode produces them.
+                    processing = asyncio.create_task(self._run(session, queue))
+                    while True:
+                        response = await session.out.get()
+                        if response is _END:
+                            break
+                        if isinstance(response, BaseException):
+                            raise response
+                        yield response
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(reader, timeout=2.0)
+            if processing is not None and not processing.done():
+                processing.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await processing
             if session is not None:
+                await session.cancel()
                 session.close()
             self.active -= 1
             metrics.stream_sessions.add(-1)
 
-    async def _run(self, session: CallSession, queue: asyncio.Queue) -> AsyncIterator[Resp]:
+    async def _run(self, session: CallSession, queue: asyncio.Queue) -> None:
+        """Process the requests in order; puts the summary, then _END (or the error) on ``session.out``."""
+        try:
+            await self._process(session, queue)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the handler, after what came before it
+            session.out.put_nowait(exc)
+        session.out.put_nowait(_END)
+
+    async def _finish(self, session: CallSession) -> None:
+        await session.finish()
+        job_id = await self._store(session)
+        session.out.put_nowait(session.summary(job_id))
+
+    async def _process(self, session: CallSession, queue: asyncio.Queue) -> None:
         settings = self.settings
         first_audio: float | None = None
         limit = session.options.max_session_seconds
@@ -122,10 +174,7 @@ class StreamGatewayServicer(streaming_pb2_grpc.StreamGatewayServicer):
             try:
                 request = await asyncio.wait_for(queue.get(), timeout=settings.idle_timeout_seconds)
             except TimeoutError:
-                for response in await session.finish():
-                    yield response
-                job_id = await self._store(session)
-                yield session.summary(job_id)
+                await self._finish(session)
                 raise FailedPrecondition(
                     "SESSION_IDLE", f"no audio, control or end of stream for {settings.idle_timeout_seconds:.0f} s"
                 ) from None
@@ -137,13 +186,9 @@ class StreamGatewayServicer(streaming_pb2_grpc.StreamGatewayServicer):
             if kind == "audio":
                 if first_audio is None:
                     first_audio = time.monotonic()
-                for response in await session.audio(request.audio):
-                    yield response
+                await session.audio(request.audio)
                 if session.audio_seconds > limit:
-                    for response in await session.finish():
-                        yield response
-                    job_id = await self._store(session)
-                    yield session.summary(job_id)
+                    await self._finish(session)
                     raise ResourceExhausted(
                         "SESSION_TOO_LONG", f"the session passed its limit of {limit:.0f} s of audio",
                         subject="stream-gateway:session-duration",
@@ -151,8 +196,7 @@ class StreamGatewayServicer(streaming_pb2_grpc.StreamGatewayServicer):
             elif kind == "control":
                 action = request.control.action
                 if action == streaming_pb2.CONTROL_ACTION_FORCE_FINALIZE:
-                    for response in await session.force_finalize():
-                        yield response
+                    await session.force_finalize()
                 elif action != streaming_pb2.CONTROL_ACTION_KEEPALIVE:
                     raise InvalidArgument("UNKNOWN_CONTROL", "control.action must be set", field="control.action")
             else:
@@ -161,12 +205,9 @@ class StreamGatewayServicer(streaming_pb2_grpc.StreamGatewayServicer):
                     "only the first message may carry a config; later ones carry audio or control",
                     field="config" if kind == "config" else "request",
                 )
-        for response in await session.finish():
-            yield response
-        job_id = await self._store(session)
+        await self._finish(session)
         log.info("session ended", extra={"audio_seconds": round(session.audio_seconds, 3), "decodes": session.decodes,
                                          "decode_retries": session.retries})
-        yield session.summary(job_id)
 
     async def _store(self, session: CallSession) -> str:
         try:

@@ -5,9 +5,16 @@ Workers advertise themselves in the ``scribe_workers`` bucket (``WorkerProfile``
 profile has ``realtime_capacity > 0`` and an ``endpoint``; it can decode a session's model when the
 model is in ``models_loaded`` (or the session names none: the worker's realtime model).
 
-Choice: the least loaded candidate, load = this gateway's Decode calls in flight to the worker
-divided by its realtime capacity, plus the batch jobs it runs (``current_load``) as a tie-breaker;
-ties go to the worker id in order, so one session's windows stay on one worker while loads are even.
+Admission (:meth:`WorkerPool.admit`): a worker's ``realtime_capacity`` is the number of live
+channels it carries at the latency target, measured by the worker itself at start. A new session
+(one slot per audio channel) is placed on the worker with the most free slots: capacity minus the
+larger of this gateway's sessions placed there and the worker's advertised ``realtime_sessions``
+(which counts every gateway's sessions). When no worker has room the session is refused with
+RESOURCE_EXHAUSTED ``REALTIME_CAPACITY_FULL`` and RetryInfo, before any audio is read: the calls
+already running keep their latency instead of all falling behind together.
+
+Windows go to the session's worker first; the other candidates, most free slots first, are the
+failover order.
 
 Failover: a Decode call that fails with a transport or server error (UNAVAILABLE, DEADLINE_EXCEEDED,
 INTERNAL, UNKNOWN, CANCELLED, RESOURCE_EXHAUSTED, ABORTED, FAILED_PRECONDITION) puts the worker in a
@@ -24,17 +31,22 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 import grpc
 
 from scribe.v1 import transcriber_pb2, transcriber_pb2_grpc
+from scribe_libs import metrics
 from scribe_libs.auth import current_api_key
 from scribe_libs.bus import Bus
-from scribe_libs.errors import FailedPrecondition, InvalidArgument, Unavailable
+from scribe_libs.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from scribe_libs.queue import live_profiles
 from scribe_stream_gateway.config import Settings
 
 log = logging.getLogger(__name__)
+
+#: As the transcriber counts a session live (scribe_transcriber.decode.SESSION_IDLE_SECONDS).
+SESSION_IDLE_SECONDS = 10.0
 
 #: Status codes after which the same window is retried on another worker.
 RETRYABLE = frozenset(
@@ -49,6 +61,15 @@ RETRYABLE = frozenset(
         grpc.StatusCode.FAILED_PRECONDITION,
     }
 )
+
+
+@dataclass(eq=False)
+class Placement:
+    """A session's slots on a worker (release with :meth:`WorkerPool.release`)."""
+
+    endpoint: str
+    worker_id: str
+    slots: int
 
 
 class WorkerPool:
@@ -68,6 +89,10 @@ class WorkerPool:
         self._in_flight: dict[str, int] = defaultdict(int)
         self._cooldown_until: dict[str, float] = {}
         self._refresh_lock = asyncio.Lock()
+        self._placed: dict[str, int] = defaultdict(int)
+        self._recent: dict[str, dict[str, float]] = defaultdict(dict)
+        """Per worker endpoint: session ids this gateway sent windows for, and when last."""
+        """Slots (channels) of this gateway's sessions per worker endpoint."""
 
     async def profiles(self, refresh: bool = False) -> list[transcriber_pb2.WorkerProfile]:
         """Realtime-capable profiles, re-read at most every ``profile_refresh_seconds`` unless ``refresh``."""
@@ -104,13 +129,55 @@ class WorkerPool:
             p for p in profiles
             if (not model or model in p.models_loaded) and self._cooldown_until.get(p.endpoint, 0.0) <= now
         ]
-        return sorted(
-            usable,
-            key=lambda p: (self._in_flight[p.endpoint] / max(p.realtime_capacity, 1), p.current_load, p.worker_id),
-        )
+        return sorted(usable, key=lambda p: (-self.free_slots(p), self._in_flight[p.endpoint], p.worker_id))
 
-    async def decode(self, request: transcriber_pb2.DecodeRequest) -> tuple[transcriber_pb2.DecodeResponse, int]:
-        """Decode one window on the best worker, failing over until one answers.
+    def free_slots(self, profile: transcriber_pb2.WorkerProfile) -> int:
+        """Live channels ``profile``'s worker can still take (may be negative after a failover).
+
+        Capacity minus this gateway's placed channels minus the other gateways' live channels on
+        it: the worker's advertised ``realtime_sessions`` less the channels this gateway sent it
+        windows for within the same window (``SESSION_IDLE_SECONDS``), so a call that just ended
+        here is not counted twice while the worker still remembers it.
+        """
+        cutoff = time.monotonic() - SESSION_IDLE_SECONDS
+        recent = self._recent[profile.endpoint]
+        for key in [k for k, t in recent.items() if t < cutoff]:
+            del recent[key]
+        others = max(profile.realtime_sessions - len(recent), 0)
+        return profile.realtime_capacity - self._placed[profile.endpoint] - others
+
+    async def admit(self, model: str, slots: int) -> Placement:
+        """Place a new session of ``slots`` channels on the worker with the most free slots.
+
+        Raises:
+            Unavailable: ``NO_REALTIME_WORKER`` (see :meth:`check_model`).
+            FailedPrecondition: ``MODEL_NOT_SERVED``.
+            ResourceExhausted: ``REALTIME_CAPACITY_FULL`` with RetryInfo when no worker has room.
+        """
+        await self.check_model(model)
+        candidates = self.candidates(await self.profiles(), model)
+        best = candidates[0] if candidates else None
+        if best is None or self.free_slots(best) < slots:
+            total = sum(p.realtime_capacity for p in candidates)
+            raise ResourceExhausted(
+                "REALTIME_CAPACITY_FULL",
+                f"every streaming worker is at its measured capacity ({total} live channels in all); "
+                "retry later",
+                subject="stream-gateway:realtime-capacity", retry_after=self.settings.retry_after_seconds,
+            )
+        self._placed[best.endpoint] += slots
+        metrics.realtime_sessions_placed.add(slots, {"worker_id": best.worker_id})
+        return Placement(best.endpoint, best.worker_id, slots)
+
+    def release(self, placement: Placement) -> None:
+        """Give a session's slots back."""
+        self._placed[placement.endpoint] = max(self._placed[placement.endpoint] - placement.slots, 0)
+        metrics.realtime_sessions_placed.add(-placement.slots, {"worker_id": placement.worker_id})
+
+    async def decode(
+        self, request: transcriber_pb2.DecodeRequest, placement: Placement | None = None
+    ) -> tuple[transcriber_pb2.DecodeResponse, int]:
+        """Decode one window on the session's worker (else the best one), failing over until one answers.
 
         Returns:
             (response, retries): retries counts the failed attempts before the answer.
@@ -124,7 +191,10 @@ class WorkerPool:
         wait = 0.1
         refresh = False
         while True:
-            for profile in self.candidates(await self.profiles(refresh=refresh), request.model):
+            candidates = self.candidates(await self.profiles(refresh=refresh), request.model)
+            if placement is not None:
+                candidates.sort(key=lambda p: p.endpoint != placement.endpoint)  # stable: the rest keep their order
+            for profile in candidates:
                 try:
                     return await self._call(profile, request), retries
                 except grpc.aio.AioRpcError as exc:
@@ -167,6 +237,8 @@ class WorkerPool:
             self._channels[profile.endpoint] = channel
         stub = transcriber_pb2_grpc.TranscriberStub(channel)
         self._in_flight[profile.endpoint] += 1
+        if request.session_id:
+            self._recent[profile.endpoint][request.session_id] = time.monotonic()
         try:
             # A configured worker key, else the caller's own key (it has the `stream` scope).
             key = self.settings.worker_api_key.get_secret_value() or current_api_key()

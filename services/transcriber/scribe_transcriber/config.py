@@ -49,8 +49,24 @@ class Settings(ServiceSettings):
         "", description="Model serving Transcriber.Decode (streaming); empty = the first of `models`. Loaded at "
         "start if it is not one of them; the same name shares one copy with batch jobs."
     )
-    realtime_max_batch: int = Field(4, description="Decode windows (from any sessions) decoded together at most.")
-    realtime_batch_wait_ms: float = Field(
-        10.0, description="After a Decode window arrives, ms to wait for more windows to batch with it."
+    realtime_max_batch: int = Field(
+        4, description="Decode windows (from any sessions) decoded together at most; also capped by the device "
+        "decision's realtime capacity (memory; 1 on CPU, where batching windows buys nothing)."
+    )
+    realtime_input_padding_seconds: float = Field(
+        6.0, description="Encoder input of a Decode window: its frames plus this padding (seconds), not Whisper's "
+        "full 30 s; guarded (token budget, loop check) with a fallback to the full input. Negative: always the "
+        "full 30 s input."
+    )
+    realtime_capacity: int = Field(
+        0, description="Live sessions this worker advertises; 0 = measured at start from its own decode cost."
+    )
+    realtime_target_period_seconds: float = Field(
+        1.5, description="Capacity target: with N sessions served in turn a session gets a decode every N x cost "
+        "seconds; capacity keeps that period at most this (seconds). 1.5 s keeps word latency near 2 s."
+    )
+    realtime_utilization: float = Field(
+        0.8, gt=0, le=1, description="Share of the device's time the capacity plans for (the rest absorbs finals "
+        "and batch jobs)."
     )
     realtime_beam_size: int = Field(1, description="Beam width of Decode (1 = greedy, temperature 0).")

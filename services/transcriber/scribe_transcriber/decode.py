@@ -1,13 +1,22 @@
-"""``Transcriber.Decode``: low-latency decoding of streaming windows, batched across sessions.
+"""``Transcriber.Decode``: streaming windows decoded at a cost that follows their audio.
 
 The stream gateway sends one window (<= 30 s of 16 kHz audio) per call; many sessions call at
-once. :class:`DecodeBatcher` collects the calls that are waiting (up to ``realtime_max_batch``,
-waiting at most ``realtime_batch_wait_ms`` after the first) and decodes them together with
-:func:`decode_windows`: one CTranslate2 ``encode`` over the stacked features, one ``generate``
-with a prompt per window, one ``align`` for word times.
+once. :class:`DecodeScheduler` queues the calls by priority (end-of-utterance windows first, then
+interim windows in arrival order), decodes them on one dedicated thread (in batches of up to
+``max_batch`` on devices where batching pays: GPUs; 1 on CPU, where 4 padded windows cost ~5x one
+here) and tells batch jobs to yield while live windows wait (:class:`RealtimeGate`).
 
-How a window is decoded (DESIGN.md, "Data flow (streaming)"):
+How a window is decoded (:func:`decode_windows`; DESIGN.md, "Data flow (streaming)"):
 
+- right-sized encoder input: the window's log-mel frames plus ``input_padding_seconds`` of
+  faster-whisper's own zero padding, not Whisper's full 3000 frames. CTranslate2's encoder takes
+  fewer frames; on jfk.flac (11 s) 1200 frames cost 0.24 s against 0.70 s for 3000 with the
+  same text (tiny.en int8, 2 cores, measured here). Cut right at the audio's end the decoder
+  loops, so the input is padded and guarded;
+- guards: a token budget from the window length (``TOKENS_PER_SECOND`` x seconds +
+  ``TOKEN_MARGIN``; Whisper writes ~3-5 tokens per second of English, more of Korean) and the loop
+  rules of :func:`scribe_libs.streaming.policy.looks_looping`. A window whose short-input decode
+  hits the budget or loops is decoded again on the full 30 s input (``fallback`` in the response);
 - greedy search at temperature 0, no temperature fallback (a fallback on a window with a pause
   cost 7-28 s here) and no VAD (the gateway ran Silero already and only sends speech);
 - the gateway's committed text is the prompt (``<|startofprev|>`` context, as faster-whisper's
@@ -18,11 +27,12 @@ How a window is decoded (DESIGN.md, "Data flow (streaming)"):
   faster-whisper's ``word_timestamps``) without its segment-boundary heuristics, clamped to the
   window.
 
-Why this runs ahead of batch jobs: batch decoding (engine.py) calls the same CTranslate2 model in
-many short calls (one encode/generate/align per batch of chunks) from the default thread pool;
-Decode batches run on their own single thread, so a Decode call waits at most for the model call
-in progress (CTranslate2 queues calls on a replica in arrival order), never for a whole batch
-job. The realtime model is shared with the batch model of the same name (one copy in memory).
+Capacity (:func:`measure_capacity`): at start the worker decodes a bundled 7.7 s speech window
+three times and takes the median cost ``c``. A live session in speech asks for one decode per
+``min_decode_interval`` and has at most one in flight, so N sessions served in turn see a decode
+period of about N x c; the worker carries ``floor(target_period x utilization / c) x max_batch``
+sessions (``realtime_target_period_seconds``, ``realtime_utilization``), which it advertises as
+``realtime_capacity``.
 
 CTranslate2 requires ``<|startoftranscript|>`` at the same position in every prompt of a
 ``generate`` batch, so windows are grouped by (language, has context) and the contexts within a
@@ -32,33 +42,57 @@ group are cut to the shortest one (keeping the most recent tokens).
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import math
+import statistics
+import threading
 import time
+import wave
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from scribe.v1 import transcriber_pb2, transcript_pb2
 from scribe_libs import metrics
 from scribe_libs.errors import FailedPrecondition, InvalidArgument, Unavailable
+from scribe_libs.streaming.policy import looks_looping
 
 log = logging.getLogger(__name__)
 
 #: Whisper's input rate (Hz) and window (s) (openai/whisper audio.py SAMPLE_RATE, CHUNK_LENGTH).
 SAMPLE_RATE = 16000
 MAX_WINDOW_SECONDS = 30.0
-#: Mel frames per second of audio (hop length 160 at 16 kHz).
+#: Mel frames per second of audio (hop length 160 at 16 kHz); Whisper's full input is 3000 frames.
 FRAMES_PER_SECOND = 100
+FULL_FRAMES = 3000
 #: faster-whisper's defaults for skipping a silent window (TranscriptionOptions).
 NO_SPEECH_THRESHOLD = 0.6
 LOG_PROB_THRESHOLD = -1.0
+#: Token budget of a short-input decode: generous for speech (English ~3-5 tokens/s, Korean up to
+#: ~10), far below the 448 a loop runs to.
+TOKENS_PER_SECOND = 12.0
+TOKEN_MARGIN = 12
+#: Default padding after the window's frames (s): on 25 growing windows (1.5-11 s) of jfk.flac and
+#: the committed espeak fixtures, 6 s of padding differed least from the 30 s decode of the four
+#: paddings tried (1, 3, 6 s and 1 s of real silence) at ~2.5x less time (tools/bench_streaming.py
+#: measures the finals' WER).
+DEFAULT_INPUT_PADDING_SECONDS = 6.0
 #: faster-whisper's default punctuation merged into neighbouring words.
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
 APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
+#: A session (``DecodeRequest.session_id``) counts as live this long after its last Decode (s).
+SESSION_IDLE_SECONDS = 10.0
+#: Longest ``session_id`` accepted (characters).
+MAX_SESSION_ID_CHARS = 128
+#: The capacity probe: 7.7 s of espeak-ng speech (a typical streaming window, under the ~10 s the
+#: gateway's buffer trimming keeps windows to).
+PROBE_WAV = Path(__file__).with_name("probe_speech.wav")
 
 
 @dataclass
@@ -88,6 +122,10 @@ class WindowResult:
     words: list[transcript_pb2.Word] = field(default_factory=list)
     language: str = ""
     language_probability: float = 0.0
+    input_seconds: float = 0.0
+    """Encoder input (s): window + padding, or 30 after a fallback."""
+    fallback: bool = False
+    """The short-input decode tripped a guard and the window was decoded on the full input."""
 
 
 def pcm16_to_float(data: bytes) -> np.ndarray:
@@ -106,19 +144,35 @@ def pcm16_to_float(data: bytes) -> np.ndarray:
     return samples
 
 
-def _features(model, audio: np.ndarray) -> np.ndarray:  # noqa: ANN001 - faster_whisper.WhisperModel
+def token_budget(seconds: float) -> int:
+    """Tokens a short-input decode of ``seconds`` of audio may write before the guard trips."""
+    return int(math.ceil(seconds * TOKENS_PER_SECOND)) + TOKEN_MARGIN
+
+
+def _mel(model, audio: np.ndarray) -> np.ndarray:  # noqa: ANN001 - faster_whisper.WhisperModel
+    return model.feature_extractor(audio)[..., :-1]
+
+
+def _input(mels: list[np.ndarray], frames: int) -> np.ndarray:
     from faster_whisper.audio import pad_or_trim
 
-    return pad_or_trim(model.feature_extractor(audio)[..., :-1])
+    return np.stack([pad_or_trim(m, frames) for m in mels])
 
 
-def decode_windows(model, windows: Sequence[Window], beam_size: int = 1) -> list[WindowResult]:  # noqa: ANN001
+def decode_windows(
+    model,  # noqa: ANN001 - faster_whisper.WhisperModel
+    windows: Sequence[Window],
+    beam_size: int = 1,
+    input_padding_seconds: float | None = DEFAULT_INPUT_PADDING_SECONDS,
+) -> list[WindowResult]:
     """Decode windows together (blocking; call from a worker thread).
 
     Args:
         model: A loaded ``faster_whisper.WhisperModel``.
         windows: The windows; decoded in one batch per (language, has context) group.
         beam_size: 1 = greedy (the streaming default: latency over a rarely better beam).
+        input_padding_seconds: Padding after the longest window of a group (s); None decodes on
+            Whisper's full 30 s input (the padded decode the guards fall back to).
 
     Returns:
         One result per window, in order.
@@ -126,14 +180,13 @@ def decode_windows(model, windows: Sequence[Window], beam_size: int = 1) -> list
     from faster_whisper.tokenizer import Tokenizer
 
     multilingual = model.model.is_multilingual
+    mels = [_mel(model, w.audio) for w in windows]
     languages: list[str] = [w.language or ("" if multilingual else "en") for w in windows]
     probabilities = [1.0 if lang else 0.0 for lang in languages]
-    if any(not lang for lang in languages):
-        # Detect per window on its own encoder output (multilingual model, language "auto").
-        for i, w in enumerate(windows):
-            if languages[i]:
-                continue
-            encoded = model.encode(_features(model, w.audio))
+    for i, _ in enumerate(windows):
+        if not languages[i]:
+            # Detect per window on its full-input encoder output (multilingual model, "auto").
+            encoded = model.encode(_input([mels[i]], FULL_FRAMES))
             lang_token, prob = model.model.detect_language(encoded)[0][0]
             languages[i], probabilities[i] = lang_token[2:-2], float(prob)
     tokenizers = {
@@ -152,144 +205,249 @@ def decode_windows(model, windows: Sequence[Window], beam_size: int = 1) -> list
     for (lang, _), members in groups.items():
         tok = tokenizers[lang]
         shortest = min(len(contexts[i]) for i in members)
-        prompts = []
+        prompts = {}
         for i in members:
             context = contexts[i][len(contexts[i]) - shortest :] if shortest else []
             prompt = [tok.sot_prev, *context] if context else []
-            prompts.append([*prompt, *tok.sot_sequence, tok.no_timestamps])
-        for i, result in zip(members, _decode_group(model, tok, [windows[i] for i in members], prompts, beam_size),
-                             strict=True):
+            prompts[i] = [*prompt, *tok.sot_sequence, tok.no_timestamps]
+        group = _decode_group(model, tok, windows, mels, members, prompts, beam_size, input_padding_seconds)
+        for i, result in group.items():
             result.language, result.language_probability = lang, probabilities[i]
             results[i] = result
     return [r for r in results if r is not None]
 
 
-def _decode_group(model, tok, windows: list[Window], prompts: list[list[int]], beam_size: int) -> list[WindowResult]:  # noqa: ANN001
-    from faster_whisper.transcribe import get_suppressed_tokens, merge_punctuations
+def _decode_group(  # noqa: PLR0913 - the group's parts
+    model,  # noqa: ANN001
+    tok,  # noqa: ANN001
+    windows: Sequence[Window],
+    mels: list[np.ndarray],
+    members: list[int],
+    prompts: dict[int, list[int]],
+    beam_size: int,
+    padding: float | None,
+) -> dict[int, WindowResult]:
+    from faster_whisper.transcribe import get_suppressed_tokens
 
-    encoded = model.encode(np.stack([_features(model, w.audio) for w in windows]))
+    longest = max(mels[i].shape[-1] for i in members)
+    frames = FULL_FRAMES if padding is None else min(FULL_FRAMES, longest + int(padding * FRAMES_PER_SECOND))
+    frames += frames % 2  # the encoder's stride-2 convolution
+    short = frames < FULL_FRAMES
+    encoded = model.encode(_input([mels[i] for i in members], frames))
+    budgets = [token_budget(len(windows[i].audio) / SAMPLE_RATE) if short else model.max_length for i in members]
     outputs = model.model.generate(
         encoded,
-        prompts,
+        [prompts[i] for i in members],
         beam_size=beam_size,
-        max_length=model.max_length,
+        max_length=min(model.max_length, max(len(prompts[i]) + b for i, b in zip(members, budgets, strict=True))),
         suppress_blank=True,
         suppress_tokens=get_suppressed_tokens(tok, [-1]),
         return_scores=True,
         return_no_speech_prob=True,
     )
-    tokens: list[list[int]] = []
-    for output in outputs:
+    tokens: dict[int, list[int]] = {}
+    redo: list[int] = []
+    for i, budget, output in zip(members, budgets, outputs, strict=True):
         ids = output.sequences_ids[0]
+        text_ids = [t for t in ids if t < tok.eot]
+        if short and (len(text_ids) >= budget or looks_looping(tok.decode(text_ids))):
+            redo.append(i)
+            continue
         avg_logprob = output.scores[0] * len(ids) / (len(ids) + 1)
         silent = output.no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD
-        tokens.append([] if silent else [t for t in ids if t < tok.eot])
-    results = [WindowResult(text=tok.decode(t).strip()) for t in tokens]
-    aligned = [i for i, w in enumerate(windows) if w.word_timestamps and tokens[i]]
-    if aligned:
-        all_frames = [max(min(math.ceil(len(w.audio) / SAMPLE_RATE * FRAMES_PER_SECOND), 3000), 100) for w in windows]
-        frames = [all_frames[i] for i in aligned]
-        if len(aligned) == len(windows):
-            alignments = model.find_alignment(tok, [tokens[i] for i in aligned], encoded, frames)
-        else:
-            # align() runs on the whole encoder batch; the windows without text get a one-word
-            # placeholder whose alignment is thrown away.
-            by_index = dict(zip(aligned, frames, strict=True))
-            placeholder = tok.encode(" a")
-            alignments_all = model.find_alignment(
-                tok, [tokens[i] if i in by_index else placeholder for i in range(len(windows))], encoded,
-                all_frames,
-            )
-            alignments = [alignments_all[i] for i in aligned]
-        for i, alignment in zip(aligned, alignments, strict=True):
-            merge_punctuations(alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
-            duration = len(windows[i].audio) / SAMPLE_RATE
-            for item in alignment:
-                if not item["word"].strip():
-                    continue
-                start = min(float(item["start"]), duration)
-                end = min(max(float(item["end"]), start), duration)
-                results[i].words.append(
-                    transcript_pb2.Word(
-                        start=round(start, 3), end=round(end, 3), word=item["word"].strip(),
-                        probability=float(item["probability"]),
-                    )
-                )
+        tokens[i] = [] if silent else text_ids
+    kept = [i for i in members if i in tokens]
+    results = {i: WindowResult(text=tok.decode(tokens[i]).strip(), input_seconds=frames / FRAMES_PER_SECOND)
+               for i in kept}
+    if kept:
+        rows = [members.index(i) for i in kept]
+        _align(model, tok, windows, kept, tokens, encoded, rows, frames, results)
+    if redo:
+        log.debug("short-input guard tripped; decoding on the full input", extra={"windows": len(redo)})
+        again = _decode_group(model, tok, windows, mels, redo, prompts, beam_size, None)
+        for i, result in again.items():
+            result.fallback = True
+            results[i] = result
     return results
 
 
-@dataclass
+def _align(  # noqa: PLR0913
+    model, tok, windows, kept, tokens, encoded, rows, frames, results,  # noqa: ANN001
+) -> None:
+    """Word times for the kept windows (their rows of the group's encoder output)."""
+    from faster_whisper.transcribe import merge_punctuations
+
+    aligned = [i for i in kept if windows[i].word_timestamps and tokens[i]]
+    if not aligned:
+        return
+    batch_rows = encoded.shape[0]
+    placeholder = tok.encode(" a")
+    row_tokens: list[list[int]] = [placeholder] * batch_rows
+    row_frames: list[int] = [100] * batch_rows
+    for i, row in zip(kept, rows, strict=True):
+        if i in aligned:
+            row_tokens[row] = tokens[i]
+            row_frames[row] = max(min(math.ceil(len(windows[i].audio) / SAMPLE_RATE * FRAMES_PER_SECOND), frames), 100)
+    # align() runs on the whole encoder batch; rows without text get a placeholder thrown away.
+    alignments = model.find_alignment(tok, row_tokens, encoded, row_frames)
+    for i, row in zip(kept, rows, strict=True):
+        if i not in aligned:
+            continue
+        alignment = alignments[row]
+        merge_punctuations(alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
+        duration = len(windows[i].audio) / SAMPLE_RATE
+        for item in alignment:
+            if not item["word"].strip():
+                continue
+            start = min(float(item["start"]), duration)
+            end = min(max(float(item["end"]), start), duration)
+            results[i].words.append(
+                transcript_pb2.Word(
+                    start=round(start, 3), end=round(end, 3), word=item["word"].strip(),
+                    probability=float(item["probability"]),
+                )
+            )
+
+
+class RealtimeGate:
+    """Live windows first: batch jobs wait between their model calls while a live window waits.
+
+    The scheduler marks each window queued or decoding (:meth:`enter`/:meth:`leave`); the batch
+    engine calls :meth:`wait_clear` before each of its model calls (thread-safe). A batch job is
+    held at most ``max_wait_s`` per call so a stream of live windows cannot starve it forever
+    (admission by capacity keeps that stream below what the device decodes).
+    """
+
+    def __init__(self) -> None:  # noqa: D107
+        self._live = 0
+        self._cond = threading.Condition()
+
+    @property
+    def live(self) -> int:
+        """Live windows queued or decoding now."""
+        return self._live
+
+    def enter(self) -> None:
+        """A live window was queued."""
+        with self._cond:
+            self._live += 1
+
+    def leave(self) -> None:
+        """A live window was answered (or abandoned)."""
+        with self._cond:
+            self._live = max(self._live - 1, 0)
+            if self._live == 0:
+                self._cond.notify_all()
+
+    def wait_clear(self, max_wait_s: float = 5.0) -> float:
+        """Block until no live window waits (at most ``max_wait_s``); returns the seconds waited."""
+        started = time.monotonic()
+        with self._cond:
+            self._cond.wait_for(lambda: self._live == 0, timeout=max_wait_s)
+        return time.monotonic() - started
+
+
+@dataclass(order=True)
 class _Pending:
-    window: Window
-    model: str
-    future: asyncio.Future
-    queued_at: float
+    rank: tuple[int, int]
+    window: Window = field(compare=False)
+    model: str = field(compare=False)
+    future: asyncio.Future = field(compare=False)
+    queued_at: float = field(compare=False)
 
 
-class DecodeBatcher:
-    """Serves Decode calls: collects concurrent windows and decodes them in batches.
+class DecodeScheduler:
+    """Serves Decode calls: a priority queue drained by one decode thread.
+
+    Order: ``DECODE_PRIORITY_FINAL`` windows (they close an utterance: the caller waits for its
+    final) before interim ones, each class in arrival order. The gateway keeps at most one
+    window in flight per session and coalesces interims itself, so the queue holds at most one
+    window per live session.
 
     Args:
         engine: The transcriber's :class:`~scribe_transcriber.engine.Engine` (models by name).
         default_model: The realtime model (used when a request names none).
         worker_id: Reported in responses.
-        max_batch: Windows decoded together at most (``realtime_max_batch``).
-        batch_wait_s: After the first window arrives, wait this long for more (``realtime_batch_wait_ms``).
+        max_batch: Windows decoded together at most (1 on CPU).
         beam_size: Beam width (1 = greedy).
+        input_padding_seconds: See :func:`decode_windows` (None: full 30 s input).
+        gate: Tells batch jobs to yield while live windows wait.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         engine,  # noqa: ANN001 - scribe_transcriber.engine.Engine
         default_model: str,
         worker_id: str,
-        max_batch: int = 4,
-        batch_wait_s: float = 0.01,
+        max_batch: int = 1,
         beam_size: int = 1,
+        input_padding_seconds: float | None = DEFAULT_INPUT_PADDING_SECONDS,
+        gate: RealtimeGate | None = None,
     ):
         self.engine = engine
         self.default_model = default_model
         self.worker_id = worker_id
         self.max_batch = max(max_batch, 1)
-        self.batch_wait_s = batch_wait_s
         self.beam_size = max(beam_size, 1)
-        self.in_flight = 0
-        """Windows queued or decoding now."""
+        self.input_padding_seconds = input_padding_seconds
+        self.gate = gate or RealtimeGate()
+        self.capacity = 0
+        """Live sessions this worker carries (set by :func:`measure_capacity`)."""
+        self.window_cost_seconds = 0.0
+        """Measured cost of one typical window (s)."""
         self.windows_decoded = 0
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self.fallbacks = 0
+        self._heap: list[_Pending] = []
+        self._order = itertools.count()
+        self._wake = asyncio.Event()
+        self._sessions: dict[str, float] = {}
+        self._stopping = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="decode")
         self._task: asyncio.Task | None = None
 
     @property
-    def capacity(self) -> int:
-        """Windows decoded at once (the profile's ``realtime_capacity``)."""
-        return self.max_batch
+    def in_flight(self) -> int:
+        """Windows queued or decoding now."""
+        return self.gate.live
+
+    @property
+    def live_sessions(self) -> int:
+        """Sessions that sent a window in the last :data:`SESSION_IDLE_SECONDS`."""
+        cutoff = time.monotonic() - SESSION_IDLE_SECONDS
+        for key in [k for k, t in self._sessions.items() if t < cutoff]:
+            del self._sessions[key]
+        return len(self._sessions)
 
     def start(self) -> None:
-        """Start the batching loop (on the running event loop)."""
+        """Start the decode loop (on the running event loop)."""
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        """Stop after the batch in hand; fail what is still queued with UNAVAILABLE."""
-        self._queue.put_nowait(None)
+        """Stop after the decode in hand; fail what is still queued with UNAVAILABLE."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
             _, pending = await asyncio.wait([self._task], timeout=30.0)
             for task in pending:
                 task.cancel()
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is not None and not item.future.done():
+        while self._heap:
+            item = heapq.heappop(self._heap)
+            if not item.future.done():
                 item.future.set_exception(Unavailable("SHUTTING_DOWN", "the worker is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def decode(self, request: transcriber_pb2.DecodeRequest) -> transcriber_pb2.DecodeResponse:
-        """Decode one window (queued into the next batch).
+    def window_from(self, request: transcriber_pb2.DecodeRequest) -> tuple[Window, str]:
+        """Validate a request into a window and model name.
 
         Raises:
-            InvalidArgument: bad audio (see :func:`pcm16_to_float`).
+            InvalidArgument: bad audio (see :func:`pcm16_to_float`), ``INVALID_SESSION_ID``.
             FailedPrecondition: ``MODEL_NOT_LOADED`` when the model is not resident here.
         """
         audio = pcm16_to_float(request.audio)
+        if len(request.session_id) > MAX_SESSION_ID_CHARS:
+            raise InvalidArgument(
+                "INVALID_SESSION_ID", f"session_id is at most {MAX_SESSION_ID_CHARS} characters", field="session_id"
+            )
         model = request.model or self.default_model
         if model not in self.engine.models:
             raise FailedPrecondition(
@@ -300,51 +458,59 @@ class DecodeBatcher:
             hotwords=" ".join(h.strip() for h in request.hotwords if h.strip()),
             word_timestamps=request.word_timestamps,
         )
+        return window, model
+
+    async def decode(self, request: transcriber_pb2.DecodeRequest) -> transcriber_pb2.DecodeResponse:
+        """Queue one window by priority and wait for its result.
+
+        Raises:
+            InvalidArgument / FailedPrecondition: see :meth:`window_from`.
+            Unavailable: ``SHUTTING_DOWN``.
+        """
+        if self._stopping:
+            raise Unavailable("SHUTTING_DOWN", "the worker is shutting down")
+        window, model = self.window_from(request)
+        if request.session_id:
+            self._sessions[request.session_id] = time.monotonic()
+        final = request.priority == transcriber_pb2.DECODE_PRIORITY_FINAL
         future = asyncio.get_running_loop().create_future()
-        self.in_flight += 1
+        pending = _Pending((0 if final else 1, next(self._order)), window, model, future, time.monotonic())
+        self.gate.enter()
         try:
-            self._queue.put_nowait(_Pending(window, model, future, time.monotonic()))
+            heapq.heappush(self._heap, pending)
+            self._wake.set()
             return await future
         finally:
-            self.in_flight -= 1
+            self.gate.leave()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            first = await self._queue.get()
-            if first is None:
-                return
+        while not self._stopping:
+            if not self._heap:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            first = heapq.heappop(self._heap)
+            if first.future.done():  # the caller gave up
+                continue
             batch = [first]
-            deadline = loop.time() + self.batch_wait_s
-            stop = False
-            while len(batch) < self.max_batch:
-                timeout = deadline - loop.time()
-                try:
-                    if timeout <= 0:
-                        item = self._queue.get_nowait()
-                    else:
-                        item = await asyncio.wait_for(self._queue.get(), timeout)
-                except (TimeoutError, asyncio.QueueEmpty):
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            batch = [p for p in batch if not p.future.done()]  # callers that gave up
-            by_model: dict[str, list[_Pending]] = defaultdict(list)
-            for pending in batch:
-                by_model[pending.model].append(pending)
-            for model, items in by_model.items():
-                await self._decode_batch(loop, model, items)
-            if stop:
-                return
+            skipped = []
+            while self._heap and len(batch) < self.max_batch:
+                item = heapq.heappop(self._heap)
+                if item.future.done():
+                    continue
+                (batch if item.model == first.model else skipped).append(item)
+            for item in skipped:
+                heapq.heappush(self._heap, item)
+            await self._decode_batch(loop, first.model, batch)
 
     async def _decode_batch(self, loop: asyncio.AbstractEventLoop, model: str, items: list[_Pending]) -> None:
         started = time.monotonic()
         whisper = self.engine.models[model].model
         try:
             results = await loop.run_in_executor(
-                self._executor, decode_windows, whisper, [p.window for p in items], self.beam_size
+                self._executor, decode_windows, whisper, [p.window for p in items], self.beam_size,
+                self.input_padding_seconds,
             )
         except Exception as exc:  # noqa: BLE001 - each caller gets the error (INTERNAL)
             log.exception("decode batch failed", extra={"batch_size": len(items)})
@@ -355,6 +521,7 @@ class DecodeBatcher:
         elapsed = time.monotonic() - started
         self.windows_decoded += len(items)
         for pending, result in zip(items, results, strict=True):
+            self.fallbacks += result.fallback
             if pending.future.done():
                 continue
             pending.future.set_result(
@@ -363,16 +530,61 @@ class DecodeBatcher:
                     language_probability=result.language_probability,
                     queue_seconds=round(started - pending.queued_at, 4), decode_seconds=round(elapsed, 4),
                     batch_size=len(items), model=model, worker_id=self.worker_id,
+                    input_seconds=result.input_seconds, fallback=result.fallback,
                 )
             )
-        log.debug("decoded batch", extra={"batch_size": len(items), "seconds": round(elapsed, 3)})
 
 
-async def start_decoder(settings, engine, registry) -> DecodeBatcher:  # noqa: ANN001 - Settings, Engine, ModelRegistry
-    """Make sure the realtime model is resident and start the batcher.
+def probe_audio() -> np.ndarray:
+    """The bundled capacity probe (float32 16 kHz mono)."""
+    with wave.open(str(PROBE_WAV)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+
+
+def capacity_from_cost(cost_seconds: float, target_period_s: float, utilization: float, max_batch: int) -> int:
+    """Sessions a worker carries when one window costs ``cost_seconds`` (see the module docstring).
+
+    ``floor(target_period_s x utilization / cost_seconds) x max_batch``, at least 1 (a worker that
+    serves Decode at all carries one session; slower than that is still the best it can do).
+    """
+    if cost_seconds <= 0:
+        return max_batch
+    return max(1, int(target_period_s * utilization / cost_seconds)) * max_batch
+
+
+def measure_capacity(scheduler: DecodeScheduler, target_period_s: float, utilization: float, repeats: int = 3) -> int:
+    """Decode the probe window ``repeats`` times (blocking; at start-up) and set the capacity.
+
+    Sets ``scheduler.window_cost_seconds`` (median seconds of one decode of ``max_batch`` probe
+    windows) and ``scheduler.capacity``; returns the capacity.
+    """
+    whisper = scheduler.engine.models[scheduler.default_model].model
+    audio = probe_audio()
+    lang = "" if whisper.model.is_multilingual else "en"
+    windows = [Window(audio=audio, prompt="", language=lang or "en") for _ in range(scheduler.max_batch)]
+    decode_windows(whisper, windows, scheduler.beam_size, scheduler.input_padding_seconds)  # warm-up
+    costs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        decode_windows(whisper, windows, scheduler.beam_size, scheduler.input_padding_seconds)
+        costs.append(time.perf_counter() - started)
+    scheduler.window_cost_seconds = statistics.median(costs)
+    scheduler.capacity = capacity_from_cost(scheduler.window_cost_seconds, target_period_s, utilization,
+                                            scheduler.max_batch)
+    log.info(
+        "realtime capacity measured",
+        extra={"window_cost_seconds": round(scheduler.window_cost_seconds, 3), "capacity": scheduler.capacity,
+               "max_batch": scheduler.max_batch, "probe_seconds": round(len(audio) / SAMPLE_RATE, 2)},
+    )
+    return scheduler.capacity
+
+
+async def start_decoder(settings, engine, registry) -> DecodeScheduler:  # noqa: ANN001 - Settings, Engine, ModelRegistry
+    """Make sure the realtime model is resident, measure the capacity and start the scheduler.
 
     The realtime model is ``settings.realtime_model`` or, when empty, the first of ``settings.models``;
-    it is loaded here when it is not one of the batch models.
+    it is loaded here when it is not one of the batch models. Windows decoded together: the
+    device decision's realtime capacity (memory; 1 on CPU) capped by ``realtime_max_batch``.
 
     Raises:
         scribe_libs.models.ModelUnavailable / RuntimeError: the realtime model cannot be loaded.
@@ -381,22 +593,31 @@ async def start_decoder(settings, engine, registry) -> DecodeBatcher:  # noqa: A
     if name not in engine.models:
         path = await registry.resolve(name)
         await asyncio.to_thread(engine.load, name, path)
-    batcher = DecodeBatcher(
-        engine, name, settings.worker_id, max_batch=settings.realtime_max_batch,
-        batch_wait_s=settings.realtime_batch_wait_ms / 1000, beam_size=settings.realtime_beam_size,
+    fitted = getattr(getattr(engine, "decision", None), "realtime_capacity", 0) or settings.realtime_max_batch
+    padding = settings.realtime_input_padding_seconds
+    scheduler = DecodeScheduler(
+        engine, name, settings.worker_id, max_batch=min(settings.realtime_max_batch, fitted),
+        beam_size=settings.realtime_beam_size, input_padding_seconds=padding if padding >= 0 else None,
+        gate=engine.realtime_gate,
     )
-    batcher.start()
-    return batcher
+    if settings.realtime_capacity > 0:
+        scheduler.capacity = settings.realtime_capacity
+    else:
+        await asyncio.to_thread(
+            measure_capacity, scheduler, settings.realtime_target_period_seconds, settings.realtime_utilization
+        )
+    scheduler.start()
+    return scheduler
 
 
 async def serve_decode(
-    batcher: DecodeBatcher | None, request: transcriber_pb2.DecodeRequest
+    scheduler: DecodeScheduler | None, request: transcriber_pb2.DecodeRequest
 ) -> transcriber_pb2.DecodeResponse:
     """The Decode RPC body: UNAVAILABLE until the realtime model is loaded."""
-    if batcher is None:
+    if scheduler is None:
         raise Unavailable("NOT_READY", "the realtime model is not loaded yet")
     started = time.monotonic()
     try:
-        return await batcher.decode(request)
+        return await scheduler.decode(request)
     finally:
         metrics.decode_latency.record(time.monotonic() - started, {"model": request.model})

@@ -20,6 +20,7 @@ lower precision, then a smaller model), reloads and runs the job again, at most
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import os
 import threading
@@ -34,6 +35,7 @@ from scribe_libs import metrics
 from scribe_libs.audio import WHISPER_SAMPLE_RATE, decode_for_whisper
 from scribe_libs.devices import MAX_OOM_DOWNGRADES, Decision, canonical_model, nvml_handle, oom_downgrade
 from scribe_libs.errors import FailedPrecondition
+from scribe_transcriber.decode import RealtimeGate
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +242,8 @@ class Engine:
     def __init__(self, loader: ModelLoader, decision: Decision, requested: Iterable[str] = ()):
         self.loader = loader
         self.decision = decision
+        self.realtime_gate = RealtimeGate()
+        """Batch decoding yields to live Decode windows (shared with the DecodeScheduler)."""
         self.requested = [canonical_model(m) for m in requested] or list(decision.models)
         self.models: dict[str, LoadedModel] = {}
         self.oom_downgrades = 0
@@ -429,7 +433,13 @@ class Engine:
             device=decision.device,
         )
         was_cancelled = False
-        for index, segment in enumerate(segments):
+        iterator = iter(segments)
+        for index in itertools.count():
+            # Live windows first: each next() runs one batch of model calls.
+            self.realtime_gate.wait_clear()
+            segment = next(iterator, None)
+            if segment is None:
+                break
             transcript.segments.append(
                 transcript_pb2.Segment(
                     id=index,

@@ -15,12 +15,13 @@ import grpc
 
 from scribe.v1 import transcriber_pb2, transcriber_pb2_grpc
 from scribe_libs import bus as busmod
+from scribe_libs import metrics
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, now_timestamp
 from scribe_libs.models import ModelRegistry
 from scribe_libs.objectstore import open_store
 from scribe_libs.server import GrpcServer, start_grpc_server
 from scribe_transcriber.config import Settings
-from scribe_transcriber.decode import DecodeBatcher, serve_decode, start_decoder
+from scribe_transcriber.decode import DecodeScheduler, serve_decode, start_decoder
 from scribe_transcriber.device import WorkerDevice, start_device
 from scribe_transcriber.engine import Engine
 from scribe_transcriber.podlabels import labeler_from
@@ -37,7 +38,7 @@ class TranscriberState:
     device: WorkerDevice = field(default_factory=WorkerDevice)
     engine: Engine | None = None
     worker: Worker | None = None
-    decoder: DecodeBatcher | None = None
+    decoder: DecodeScheduler | None = None
     port: int = 0
     start_time: object = field(default_factory=now_timestamp)
 
@@ -50,7 +51,18 @@ class TranscriberState:
             current_load=self.worker.current_load if self.worker else 0,
             real_time_factor=self.worker.real_time_factor if self.worker else 0.0,
         )
-        profile.realtime_capacity = self.decoder.capacity if self.decoder else 0
+        if self.decoder is not None:
+            profile.realtime_capacity = self.decoder.capacity
+            profile.realtime_sessions = self.decoder.live_sessions
+            profile.realtime_window_cost_seconds = round(self.decoder.window_cost_seconds, 4)
+            d = self.decoder
+            how = (f"measured: one {d.max_batch}-window decode of the 7.7 s probe costs {d.window_cost_seconds:.3f} s, "
+                   f"target period {self.settings.realtime_target_period_seconds:g} s at "
+                   f"{self.settings.realtime_utilization:.0%} utilization" if d.window_cost_seconds else "configured")
+            profile.decisions.append(f"realtime capacity {d.capacity} live sessions ({how}); "
+                                     f"{d.max_batch} window(s) decoded together")
+        else:
+            profile.realtime_capacity = 0
         return profile
 
 
@@ -85,6 +97,7 @@ async def _heartbeat(state: TranscriberState, bus: busmod.Bus) -> None:
         try:
             await asyncio.to_thread(state.device.refresh_memory)
             profile = state.profile()
+            metrics.realtime.capacity, metrics.realtime.sessions = profile.realtime_capacity, profile.realtime_sessions
             await bus.workers.put(s.worker_id, profile.SerializeToString())
             if labeler is not None:
                 await asyncio.to_thread(labeler.apply, profile, only_if_changed=True)
