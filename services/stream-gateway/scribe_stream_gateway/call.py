@@ -84,6 +84,7 @@ class CallSession:
         max_utterance_seconds: float = StreamConfig.max_utterance_s,
         live_text: LiveText | None = None,
         placement: Placement | None = None,
+        min_decode_interval_seconds: float = StreamConfig.min_decode_interval_s,
     ):
         self.job_id = job_id
         self.options = options
@@ -95,6 +96,7 @@ class CallSession:
             vad=VadConfig(endpointing_ms=options.endpointing_ms, threshold=threshold),
             interim_results=options.interim_results,
             max_utterance_s=max_utterance_seconds,
+            min_decode_interval_s=min_decode_interval_seconds,
         )
         self.out: asyncio.Queue[R] = asyncio.Queue()
         """Responses for the caller, in the order they happened (interims, finals, speech events)."""

@@ -42,8 +42,13 @@ class Settings(ServiceSettings):
     worker_cooldown_seconds: float = Field(
         10.0, description="A worker whose Decode failed is not picked again for this long."
     )
+    min_decode_interval_seconds: float = Field(
+        0.5, gt=0,
+        description="New speech (seconds) between two interim decodes of a channel when its worker keeps up; "
+        "a busy worker gets fewer (one decode in flight per channel, interims coalesced).",
+    )
     max_utterance_seconds: float = Field(
-        3.0,
+        2.0,
         description="Committed (LocalAgreement-2) words spanning this long are sent as a final without waiting for "
         "the end of the utterance: bounds word latency in long utterances (seconds).",
     )

@@ -116,6 +116,7 @@ class StreamGatewayServicer(streaming_pb2_grpc.StreamGatewayServicer):
                 session = CallSession(
                     job_id, options, self.workers, self.vad_session, self.settings.max_utterance_seconds,
                     live_text=live_text, placement=placement,
+                    min_decode_interval_seconds=self.settings.min_decode_interval_seconds,
                 )
                 session.owner = current_principal().owner  # the stored call belongs to the caller's key
                 with job_context(job_id):
