@@ -222,10 +222,35 @@ def run_peer(peer: str, model: str, wav: Path, count: int, tmp: Path) -> dict:
 
 
 def peer_sessions(result: dict) -> list[dict]:
+    """Peer events in the benchmark's format, each final word counted once, when first received.
+
+    WhisperLiveKit re-sends a growing line as a new final with the same ``start`` each time more
+    words are committed (committed words never change), so finals are grouped by ``start``; the
+    group's last text is the line, spread evenly over its time span, and each word's receipt is
+    the first final of the group that held it.
+    """
     sessions = []
     for events in result.get("sessions") or []:
-        evs = [{"t": e["t"], "final": e["final"], "text": e["text"] or "", "start": e.get("start") or 0.0,
-                "end": e.get("end") or 0.0, "words": []} for e in events]
+        interims = [{"t": e["t"], "final": False, "text": e["text"] or "", "start": e.get("start") or 0.0,
+                     "end": e.get("end") or 0.0, "words": []} for e in events if not e["final"]]
+        groups: dict[float, list[dict]] = {}
+        for e in sorted((e for e in events if e["final"] and (e["text"] or "").strip()), key=lambda e: e["t"]):
+            groups.setdefault(round(e.get("start") or 0.0, 2), []).append(e)
+        finals = []
+        for start, group in groups.items():
+            last = group[-1]
+            words = last["text"].split()
+            end = last.get("end") or start
+            step = (end - start) / max(len(words), 1)
+            done = 0
+            for e in group:
+                upto = min(len(e["text"].split()), len(words))
+                if upto > done:
+                    times = [(start + i * step, start + (i + 1) * step) for i in range(done, upto)]
+                    finals.append({"t": e["t"], "final": True, "text": " ".join(words[done:upto]),
+                                   "start": times[0][0], "end": times[-1][1], "words": times})
+                    done = upto
+        evs = sorted(interims + finals, key=lambda e: e["t"])
         sessions.append({"refused": not evs, "events": evs})
     return sessions
 
@@ -263,7 +288,13 @@ def main() -> int:  # noqa: PLR0915
     parser.add_argument("--peer-sessions", default="", help="session counts for the peers (default: --sessions)")
     parser.add_argument("--memory-minutes", type=float, default=0.0, help="accelerated long replay (0: skip)")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--gateway", action="append", default=[], metavar="FIELD=VALUE",
+                        help="stream-gateway setting for this run (e.g. min_decode_interval_seconds=1.0)")
+    parser.add_argument("--transcriber", action="append", default=[], metavar="FIELD=VALUE",
+                        help="transcriber setting for this run (e.g. realtime_input_padding_seconds=6)")
     args = parser.parse_args()
+    gateway_settings = dict(kv.split("=", 1) for kv in args.gateway)
+    transcriber_settings = {"realtime_capacity": "0", **dict(kv.split("=", 1) for kv in args.transcriber)}
     if not (SHARED_DATA / "jfk.flac").exists():
         log("../shared/data/jfk.flac is absent")
         return 2
@@ -288,8 +319,9 @@ def main() -> int:  # noqa: PLR0915
         try:
             stack.start("results")
             stack.start("postprocess")
-            stack.start("transcriber", realtime_capacity=0)  # measured at start
-            stack.start("stream_gateway", max_lead_seconds=-1)
+            stack.start("transcriber", **transcriber_settings)  # capacity measured at start unless set
+            stack.start("stream_gateway", max_lead_seconds=-1, **gateway_settings)
+            report["settings"] = {"gateway": gateway_settings, "transcriber": transcriber_settings}
             from scribe.v1 import transcriber_pb2, transcriber_pb2_grpc
 
             profile = transcriber_pb2_grpc.TranscriberStub(stack.channel("transcriber")).GetProfile(

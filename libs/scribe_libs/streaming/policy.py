@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from scribe_libs.streaming.types import Result, Word
 
@@ -41,7 +41,10 @@ LOOP_COMPRESSION_RATIO = 2.4
 #: A repeated n-gram tail is a loop from this many consecutive copies on.
 LOOP_MIN_REPEATS = 3
 #: Two consecutive copies of a phrase this long (words) count as a loop for :func:`looks_looping`.
-SENTENCE_REPEAT_WORDS = 4
+SENTENCE_REPEAT_WORDS = 2
+#: A hypothesis starting with the committed text's last 2+ words within this many seconds of the
+#: last commit repeats the prompt (an echo) and loses those words.
+ECHO_WINDOW_SECONDS = 5.0
 #: Committed prompt length, characters (whisper_streaming ``prompt()``).
 PROMPT_CHARS = 200
 #: Only texts of at least this many characters are judged by compression ratio (shorter texts do
@@ -110,8 +113,8 @@ def looks_looping(text: str, max_ngram: int = 6, min_repeats: int = LOOP_MIN_REP
     (faster-whisper's ``compression_ratio_threshold``). Used by the transcriber's short-input
     guard (a looping short-input decode is decoded again on the full 30 s input), which also
     counts a text ending in two copies of a phrase of ``SENTENCE_REPEAT_WORDS`` words or more as a
-    loop: tiny.en on the short input of jfk.flac's last 3 s wrote "Ask what you can do for your
-    country." twice, which a 30 s decode does not (a false alarm only costs the full decode).
+    loop: tiny.en on short inputs of jfk.flac wrote "Ask what you can do for your country." and
+    "Ask not." twice, which a 30 s decode does not (a false alarm only costs the full decode).
     """
     keys = [k for k in (normalize(w) for w in text.split()) if k]
     for n in range(SENTENCE_REPEAT_WORDS, len(keys) // 2 + 1):
@@ -260,16 +263,29 @@ class LocalAgreementPolicy:
         """
         return self._finalize(hypothesis, window_start, now, hold_last_word=hold_last_word)
 
-    def finalize_committed(self) -> list[Result]:
+    def finalize_committed(self, hold: Callable[[str], bool] | None = None) -> list[Result]:
         """A final of the committed-not-final words only; the unconfirmed tail stays pending.
 
         For long speech without a pause: the session closes an utterance this way once it spans
         its cap, so finals keep coming on a monologue. Returns nothing when nothing is committed.
+
+        Args:
+            hold: Committed words at the end for which ``hold(text)`` is true stay pending (a
+                redacting session holds words with digits, so a number is never split across
+                two finals that are redacted one by one).
         """
+        keep = 0
+        if hold is not None:
+            while keep < len(self._committed) and hold(self._committed[len(self._committed) - 1 - keep].text):
+                keep += 1
+        if keep == len(self._committed):
+            return []
+        held = self._committed[len(self._committed) - keep :]
+        self._committed = self._committed[: len(self._committed) - keep]
         tail = self._tail
         self._tail = []
         results = self._finalize([], 0.0, float("inf"), hold_last_word=False)
-        self._tail = tail
+        self._committed, self._tail = held, tail
         return results
 
     @property
@@ -288,9 +304,15 @@ class LocalAgreementPolicy:
         # ... then by text: an n-gram the committed tail ends with and the hypothesis starts with
         # (any length: a decode of the few tenths of a second after a commit may echo the whole
         # prompted sentence, e.g. tiny.en on jfk.flac's last 0.6 s).
-        if words and self._history and words[0].start - self._committed_end < 1.0:
+        # One word is taken for an echo within 1 s of the commit; two or more within
+        # ECHO_WINDOW_SECONDS (after a pause the decoder, prompted with "... ask not.", wrote
+        # "Ask not. What your country ..." for jfk.flac's next utterance).
+        if words and self._history:
+            gap = words[0].start - self._committed_end
             history = list(self._history)
             for n in range(min(len(history), len(words)), 0, -1):
+                if gap >= (1.0 if n == 1 else ECHO_WINDOW_SECONDS):
+                    continue
                 tail = [normalize(w.text) for w in history[-n:]]
                 head = [normalize(w.text) for w in words[:n]]
                 if tail == head:

@@ -18,6 +18,14 @@ flight, and a worker that is behind gets fewer interim decodes, never less audio
 - Closing decodes go first: a VAD end of speech queues a *final* decode of the buffer up to the
   speech end plus the pad; queued finals run before any further interim, in order, and are sent
   with ``final=True`` (the worker serves them ahead of interim windows).
+- Preemption: when a closing window becomes due while an interim decode is in flight, that
+  interim is abandoned (its RPC cancelled; a worker skips a cancelled window still queued) and the
+  closing decode starts at once.
+- Speculative endpointing: once a pause inside speech has lasted ``speculate_after_s`` (less than
+  the endpointing silence), the closing window (up to the pause plus the pad) is decoded with
+  final priority. Its hypothesis feeds the interim; if the pause becomes the VAD's end of speech,
+  the final uses it without decoding again (the final comes ``endpointing - speculate_after``
+  sooner); if speech resumes, it was an interim.
 - Silence is never decoded (tiny.en writes "Thank you." into pauses).
 
 Memory bound (the buffer cut rules). The buffer starts at the end of the last committed word or,
@@ -86,6 +94,10 @@ class StreamConfig:
         max_utterance_s: A final is sent once committed-not-final words span this long (s), so a
             monologue without pauses still gets finals (only agreed words go into it).
         interim_results: Emit interims (False: finals and speech events only).
+        hold_in_partial_finals: Words a mid-utterance final (``max_utterance_s``) may not end on
+            (see :meth:`LocalAgreementPolicy.finalize_committed`); None: any.
+        speculate_after_s: Pause (s) after which the closing window is decoded speculatively;
+            None: no speculation (the closing decode starts at the end of speech).
     """
 
     vad: VadConfig = field(default_factory=VadConfig)
@@ -94,12 +106,23 @@ class StreamConfig:
     max_buffer_s: float = 25.0
     max_utterance_s: float = 25.0
     interim_results: bool = True
+    hold_in_partial_finals: Callable[[str], bool] | None = None
+    speculate_after_s: float | None = 0.3
 
 
 @dataclass(frozen=True)
 class _Job:
-    kind: str  # "interim", "end" (VAD end of speech), "force", "close", "cap"
+    kind: str  # "interim", "speculative", "end" (VAD end of speech), "force", "close", "cap"
     end: float  # stream time (s) the window ends at
+    pause: float | None = None  # "speculative"/"end": the pause's start (the SPEECH_END time)
+
+
+@dataclass(frozen=True)
+class _Speculation:
+    pause: float
+    start: float
+    end: float
+    words: list[Word]
 
 
 class ChannelStream:
@@ -135,13 +158,17 @@ class ChannelStream:
         self._pad = self.config.vad.speech_pad_ms / 1000
         self._last_decode_end = 0.0
         self._finals_due: deque[_Job] = deque()
+        self._speculated: float | None = None  # pause a speculative closing decode was started for
+        self._speculation: _Speculation | None = None
+        self._interim_call: asyncio.Future | None = None
+        self._preempted = False
+        self.preempted = 0
+        """Interim decodes abandoned because a closing window became due."""
         self._task: asyncio.Task | None = None
         self._error: BaseException | None = None
         self._ready: list[StreamEvent] = []
         self.decodes = 0
         """Decode calls made so far."""
-        self.coalesced_seconds = 0.0
-        """Audio (s) that arrived past the interim interval while a decode was in flight."""
         self.max_buffer_seen = 0.0
         """Longest buffer (s) held so far (for memory checks)."""
 
@@ -244,8 +271,14 @@ class ChannelStream:
             if event.type is SpeechEventType.SPEECH_BEGIN:
                 self._last_decode_end = max(self._last_decode_end, event.time)
             else:
-                self._finals_due.append(_Job("end", min(event.time + self._pad, self.buffer.end)))
+                self._finals_due.append(_Job("end", min(event.time + self._pad, self.buffer.end), event.time))
         self._emit(events)
+        call = self._interim_call
+        if call is not None and not call.done() and (self._finals_due or self._speculation_due()):
+            # A closing window is due: the interim in flight (often still queued at a busy worker)
+            # is abandoned so the closing decode goes now; its audio is in the closing window.
+            self._preempted = True
+            call.cancel()
         if self.vad.speaking and self.buffer.duration >= cfg.max_buffer_s:
             await self._settle()
             if self.buffer.duration >= cfg.max_buffer_s:
@@ -256,15 +289,23 @@ class ChannelStream:
     def _next_job(self) -> _Job | None:
         if self._finals_due:
             return self._finals_due.popleft()
-        if self.vad.speaking and self.buffer.end - self._last_decode_end >= self.config.min_decode_interval_s:
+        cfg = self.config
+        if self._speculation_due():
+            pause = self.vad.pause_start or 0.0
+            self._speculated = pause
+            return _Job("speculative", min(pause + self._pad, self.buffer.end), pause)
+        if self.vad.speaking and self.buffer.end - self._last_decode_end >= cfg.min_decode_interval_s:
             return _Job("interim", self.buffer.end)
         return None
 
+    def _speculation_due(self) -> bool:
+        after, pause = self.config.speculate_after_s, self.vad.pause_start
+        return (after is not None and pause is not None and self._speculated != pause
+                and self.vad.processed_time - pause >= after)
+
     def _kick(self) -> None:
         if self._task is not None:
-            if self.vad.speaking and self.buffer.end - self._last_decode_end >= self.config.min_decode_interval_s:
-                self.coalesced_seconds += len(self.buffer.audio(self.buffer.end - 0.001)) / TARGET_SAMPLE_RATE
-            return
+            return  # coalesced: the next interim decode covers everything received by then
         job = self._next_job()
         if job is not None:
             self._task = asyncio.create_task(self._work(job))
@@ -283,20 +324,41 @@ class ChannelStream:
 
     async def _run(self, job: _Job) -> None:
         cfg = self.config
-        start = self.buffer.start
-        end = min(job.end, self.buffer.end)
-        audio = self.buffer.audio(start, end)
-        self._last_decode_end = max(self._last_decode_end, end)
-        words: list[Word] = []
-        if len(audio):
-            prompt = self.policy.prompt(before=start)
-            self.decodes += 1
-            words = await self._call(audio, prompt, job.kind != "interim")
-        if job.kind == "interim":
+        spec = self._speculation
+        if job.kind == "end" and spec is not None and spec.pause == job.pause and spec.start >= self.buffer.start:
+            # The pause decoded speculatively is the end of speech: its hypothesis closes it.
+            start, end, words = spec.start, spec.end, spec.words
+        else:
+            start = self.buffer.start
+            end = min(job.end, self.buffer.end)
+            audio = self.buffer.audio(start, end)
+            self._last_decode_end = max(self._last_decode_end, end)
+            words = []
+            if len(audio):
+                prompt = self.policy.prompt(before=start)
+                self.decodes += 1
+                if job.kind != "interim":
+                    words = await self._call(audio, prompt, True)
+                else:
+                    self._interim_call = asyncio.ensure_future(self._call(audio, prompt, False))
+                    try:
+                        words = await self._interim_call
+                    except asyncio.CancelledError:
+                        if not self._preempted:
+                            raise
+                        self.preempted += 1
+                        return
+                    finally:
+                        self._interim_call = None
+                        self._preempted = False
+        self._speculation = None
+        if job.kind == "speculative":
+            self._speculation = _Speculation(job.pause or 0.0, start, end, words)
+        if job.kind in ("interim", "speculative"):
             results = [r for r in self.policy.feed(words, start, end) if cfg.interim_results]
             first = self.policy.committed_start
             if self.vad.speaking and first is not None and self.policy.committed_end - first >= cfg.max_utterance_s:
-                results += self.policy.finalize_committed()
+                results += self.policy.finalize_committed(cfg.hold_in_partial_finals)
         elif job.kind in ("end", "close"):
             results = self.policy.end_of_speech(words, start, end)
             self.buffer.cut_to(self.policy.committed_end)

@@ -108,6 +108,16 @@ class StreamingVad:
         frame = self._speech_start if self._speech_start is not None else self._candidate
         return None if frame is None else frame * FRAME_SAMPLES / TARGET_SAMPLE_RATE
 
+    @property
+    def pause_start(self) -> float | None:
+        """Inside confirmed speech: start (s) of the silence running now; None otherwise.
+
+        It becomes the SPEECH_END time if the silence lasts ``endpointing_ms``.
+        """
+        if self._speech_start is None or self._silence_start is None:
+            return None
+        return self._silence_start * FRAME_SAMPLES / TARGET_SAMPLE_RATE
+
     def probabilities(self, samples: np.ndarray) -> np.ndarray:
         """Run the model on the complete frames of ``pending + samples``; returns one probability per frame."""
         audio = np.concatenate([self._pending, np.asarray(samples, dtype=np.float32)])

@@ -44,7 +44,7 @@ from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, JobStore, audio_key, 
 from scribe_libs.objectstore import ObjectStore
 from scribe_libs.streaming import Result, SpeechEvent, SpeechEventType, StreamConfig, StreamSession, VadConfig, Word
 from scribe_libs.textproc import redact_transcript
-from scribe_stream_gateway.livetext import LiveText, mask_digits
+from scribe_stream_gateway.livetext import LiveText, has_digit, mask_digits
 from scribe_stream_gateway.options import SessionOptions
 from scribe_stream_gateway.workers import Placement, WorkerPool
 
@@ -56,6 +56,12 @@ R = streaming_pb2.StreamingRecognizeResponse
 #: started "ask not" 0.7 s late and the word "ask" was lost; 0.35 found it at the 16 kHz position
 #: (DTMF and tones stay below 0.25, see scribe_libs.streaming.vad).
 NARROWBAND_VAD_THRESHOLD = 0.35
+#: Finals of a channel this close (s) are pieces of one utterance: one segment of the stored call,
+#: up to MAX_SEGMENT_SECONDS (a VAD end of speech needs >= 0.5 s of silence, endpointing's default).
+MERGE_GAP_SECONDS = 0.5
+MAX_SEGMENT_SECONDS = 20.0
+#: Words of a channel's previous finals kept as left context for glossary and redaction rules.
+CONTEXT_WORDS = 8
 _EVENT_TYPES = {
     SpeechEventType.SPEECH_BEGIN: streaming_pb2.SPEECH_EVENT_TYPE_SPEECH_BEGIN,
     SpeechEventType.SPEECH_END: streaming_pb2.SPEECH_EVENT_TYPE_SPEECH_END,
@@ -97,6 +103,7 @@ class CallSession:
             interim_results=options.interim_results,
             max_utterance_s=max_utterance_seconds,
             min_decode_interval_s=min_decode_interval_seconds,
+            hold_in_partial_finals=has_digit if options.config.redact else None,
         )
         self.out: asyncio.Queue[R] = asyncio.Queue()
         """Responses for the caller, in the order they happened (interims, finals, speech events)."""
@@ -114,6 +121,8 @@ class CallSession:
         self.worker_ids: set[str] = set()
         self._arrivals: collections.deque[tuple[float, float]] = collections.deque(maxlen=4096)
         self._onset: dict[int, float] = {}
+        self._context: dict[int, tuple[Word, ...]] = {}
+        """Per channel: the last words of its previous finals (left context for the text rules)."""
         self._speech_end: dict[int, float] = {}
         self.owner = ""
         """Owner of the stored job (the caller's API key owner)."""
@@ -242,9 +251,12 @@ class CallSession:
                 self.finals.append(event)
             text, words = event.text, event.words
             if self.live_text is not None:
-                text, words = self.live_text.apply(text, words)
+                context = self._context.get(event.channel, ())
+                text, words = self.live_text.apply(text, words, context)
                 if self.live_text.redacts and not event.is_final:
                     text, words = mask_digits(text, words)
+                if event.is_final:
+                    self._context[event.channel] = (*context, *event.words)[-CONTEXT_WORDS:]
             result = streaming_pb2.StreamingResult(
                 result_id=event.result_id, is_final=event.is_final, stability=event.stability, text=text,
                 channel=event.channel, role=self.options.roles[event.channel], language=self.language,
@@ -262,18 +274,34 @@ class CallSession:
     # --- storing the call -----------------------------------------------------------------------
 
     def transcript(self) -> transcript_pb2.Transcript:
-        """The finals as a Transcript (one segment per final, ordered by start time)."""
-        finals = sorted((f for f in self.finals if f.words), key=lambda f: (f.start, f.channel))
+        """The finals as a Transcript, ordered by start time.
+
+        Finals of one channel that follow each other within :data:`MERGE_GAP_SECONDS` (pieces of
+        one utterance, sent early for latency) are one segment of at most
+        :data:`MAX_SEGMENT_SECONDS`, so the stored call reads like a batch transcript and text
+        rules (redaction of a number spoken across two finals) see the whole utterance.
+        """
+        segments: list[list[Result]] = []
+        last: dict[int, list[Result]] = {}
+        for f in sorted((f for f in self.finals if f.words), key=lambda f: (f.channel, f.start)):
+            group = last.get(f.channel)
+            if group is not None and f.start - group[-1].end < MERGE_GAP_SECONDS \
+                    and f.end - group[0].start <= MAX_SEGMENT_SECONDS:
+                group.append(f)
+                continue
+            last[f.channel] = [f]
+            segments.append(last[f.channel])
+        segments.sort(key=lambda g: (g[0].start, g[0].channel))
         return transcript_pb2.Transcript(
             job_id=self.job_id, language=self.language or "", duration=self.audio_seconds, model=self.model,
             worker_id=",".join(sorted(self.worker_ids)), processing_seconds=time.monotonic() - self.started,
             segments=[
                 transcript_pb2.Segment(
-                    id=i, start=f.start, end=f.end, text=f.text, channel=f.channel,
+                    id=i, start=g[0].start, end=g[-1].end, text=" ".join(f.text for f in g), channel=g[0].channel,
                     words=[transcript_pb2.Word(start=w.start, end=w.end, word=w.text, probability=w.probability)
-                           for w in f.words],
+                           for f in g for w in f.words],
                 )
-                for i, f in enumerate(finals)
+                for i, g in enumerate(segments)
             ],
         )
 

@@ -57,7 +57,9 @@ class LiveText:
     redacts: bool = False
     pipeline: TextPipeline | None = field(default=None, repr=False, compare=False)
 
-    def apply(self, text: str, words: Sequence[Word]) -> tuple[str, tuple[Word, ...]]:
+    def apply(
+        self, text: str, words: Sequence[Word], context: Sequence[Word] = ()
+    ) -> tuple[str, tuple[Word, ...]]:
         """The text and words a caller sees for one interim or final result.
 
         Runs the batch post-processing pass on the result as one segment: glossary corrections
@@ -78,6 +80,8 @@ class LiveText:
         Args:
             text: The result's text (its words joined by single spaces).
             words: The result's words, times in seconds from the stream start.
+            context: Words before this result on its channel (the previous final's last words),
+                seen by the rules but not returned; needs ``words``.
 
         Returns:
             ``(text, words)``; both unchanged (the same objects' values) when the session has no
@@ -85,6 +89,15 @@ class LiveText:
         """
         if self.pipeline is None or not text.strip():
             return text, tuple(words)
+        if context and words:
+            # Left context (the channel's previous final): detection rules that need the words
+            # before a number ("call me at ...") see them; only this result's words come back
+            # (a placeholder that starts in the context is dropped with it: no clear digits).
+            first = words[0].start
+            joined = [*context, *words]
+            _, out = self.apply(" ".join(w.text for w in joined), joined)
+            mine = tuple(w for w in out if w.start >= first - 1e-6)
+            return " ".join(w.text for w in mine), mine
         segment = TextSegment(
             0, " " + text, words=tuple(TextWord(" " + w.text, w.start, w.end, w.probability) for w in words)
         )
@@ -153,6 +166,11 @@ async def load_live_text(
 #: What an interim shows for a word holding a digit while the session redacts.
 INTERIM_DIGITS_PLACEHOLDER = "[NUMBER]"
 _DIGIT = re.compile(r"\d")
+
+
+def has_digit(text: str) -> bool:
+    """True when ``text`` holds a digit (a redacting session's finals never end on such a word)."""
+    return bool(_DIGIT.search(text))
 
 
 def mask_digits(text: str, words: Sequence[Word]) -> tuple[str, tuple[Word, ...]]:

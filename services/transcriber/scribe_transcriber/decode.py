@@ -10,9 +10,9 @@ How a window is decoded (:func:`decode_windows`; DESIGN.md, "Data flow (streamin
 
 - right-sized encoder input: the window's log-mel frames plus ``input_padding_seconds`` of
   faster-whisper's own zero padding, not Whisper's full 3000 frames. CTranslate2's encoder takes
-  fewer frames; on jfk.flac (11 s) 1200 frames cost 0.24 s against 0.70 s for 3000 with the
-  same text (tiny.en int8, 2 cores, measured here). Cut right at the audio's end the decoder
-  loops, so the input is padded and guarded;
+  fewer frames: 0.21 s per window against 0.46 s for 3000 frames on 2-11 s windows of the
+  committed fixtures (tiny.en int8, 2 cores, measured here; see DEFAULT_INPUT_PADDING_SECONDS).
+  Cut right at the audio's end the decoder loops, so the input is padded and guarded;
 - guards: a token budget from the window length (``TOKENS_PER_SECOND`` x seconds +
   ``TOKEN_MARGIN``; Whisper writes ~3-5 tokens per second of English, more of Korean) and the loop
   rules of :func:`scribe_libs.streaming.policy.looks_looping`. A window whose short-input decode
@@ -27,12 +27,16 @@ How a window is decoded (:func:`decode_windows`; DESIGN.md, "Data flow (streamin
   faster-whisper's ``word_timestamps``) without its segment-boundary heuristics, clamped to the
   window.
 
+Parallel decodes: on CPU the model has one single-threaded CTranslate2 replica per core
+(:func:`scribe_transcriber.engine.cpu_layout`) and the scheduler runs that many decodes at once
+(two 1-thread replicas decoded 2.1x the windows per second of one 2-thread replica here).
+
 Capacity (:func:`measure_capacity`): at start the worker decodes a bundled 7.7 s speech window
-three times and takes the median cost ``c``. A live session in speech asks for one decode per
-``min_decode_interval`` and has at most one in flight, so N sessions served in turn see a decode
-period of about N x c; the worker carries ``floor(target_period x utilization / c) x max_batch``
-sessions (``realtime_target_period_seconds``, ``realtime_utilization``), which it advertises as
-``realtime_capacity``.
+on every replica at once, three times, and takes the median device time per window ``c``. A live
+session in speech asks for a decode every ``min_decode_interval`` and has at most one in flight,
+so N sessions served in turn see a decode period of about N x c; the worker carries
+``floor(target_period x utilization / c) x max_batch`` sessions (``realtime_target_period_seconds``,
+``realtime_utilization``), which it advertises as ``realtime_capacity``.
 
 CTranslate2 requires ``<|startoftranscript|>`` at the same position in every prompt of a
 ``generate`` batch, so windows are grouped by (language, has context) and the contexts within a
@@ -78,10 +82,12 @@ LOG_PROB_THRESHOLD = -1.0
 #: ~10), far below the 448 a loop runs to.
 TOKENS_PER_SECOND = 12.0
 TOKEN_MARGIN = 12
-#: Default padding after the window's frames (s): on 25 growing windows (1.5-11 s) of jfk.flac and
-#: the committed espeak fixtures, 6 s of padding differed least from the 30 s decode of the four
-#: paddings tried (1, 3, 6 s and 1 s of real silence) at ~2.5x less time (tools/bench_streaming.py
-#: measures the finals' WER).
+#: Default padding after the window's frames (s). On 16 growing windows (2-11 s) of jfk.flac and
+#: the committed espeak fixtures (tiny.en int8, 2 cores): 1/2/3/6 s of padding cost 0.150/0.158/
+#: 0.180/0.212 s per window against 0.459 s for the 30 s input, and their words differed from the
+#: 30 s decode's by 10.8/9.0/9.6/10.2 % (growing windows of espeak speech disagree with each other
+#: that much too). Streamed, 2 s made the decoder repeat the end of short windows ("Ask not. Ask
+#: not."): jfk x3 finals WER 9.1 % against 3.0 % with 6 s (tools/bench_streaming.py, 1 session).
 DEFAULT_INPUT_PADDING_SECONDS = 6.0
 #: faster-whisper's default punctuation merged into neighbouring words.
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
@@ -239,7 +245,11 @@ def _decode_group(  # noqa: PLR0913 - the group's parts
         encoded,
         [prompts[i] for i in members],
         beam_size=beam_size,
-        max_length=min(model.max_length, max(len(prompts[i]) + b for i, b in zip(members, budgets, strict=True))),
+        # CTranslate2 4.8.5 writes at most about max_length / 2 text tokens after a short prompt
+        # (measured: max_length 20 -> 10 tokens with a 2- or 6-token prompt), so the limit leaves
+        # room for the whole budget and the guard below compares the text against the budget.
+        max_length=min(model.max_length,
+                       max(len(prompts[i]) + 2 * b for i, b in zip(members, budgets, strict=True))),
         suppress_blank=True,
         suppress_tokens=get_suppressed_tokens(tok, [-1]),
         return_scores=True,
@@ -372,6 +382,7 @@ class DecodeScheduler:
         beam_size: Beam width (1 = greedy).
         input_padding_seconds: See :func:`decode_windows` (None: full 30 s input).
         gate: Tells batch jobs to yield while live windows wait.
+        parallel: Decodes run at once (the model's CTranslate2 replicas: one per core on CPU).
     """
 
     def __init__(  # noqa: PLR0913
@@ -383,8 +394,10 @@ class DecodeScheduler:
         beam_size: int = 1,
         input_padding_seconds: float | None = DEFAULT_INPUT_PADDING_SECONDS,
         gate: RealtimeGate | None = None,
+        parallel: int = 1,
     ):
         self.engine = engine
+        self.parallel = max(parallel, 1)
         self.default_model = default_model
         self.worker_id = worker_id
         self.max_batch = max(max_batch, 1)
@@ -402,8 +415,9 @@ class DecodeScheduler:
         self._wake = asyncio.Event()
         self._sessions: dict[str, float] = {}
         self._stopping = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="decode")
+        self._executor = ThreadPoolExecutor(self.parallel, thread_name_prefix="decode")
         self._task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
 
     @property
     def in_flight(self) -> int:
@@ -486,7 +500,7 @@ class DecodeScheduler:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            if not self._heap:
+            if not self._heap or len(self._running) >= self.parallel:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -502,7 +516,15 @@ class DecodeScheduler:
                 (batch if item.model == first.model else skipped).append(item)
             for item in skipped:
                 heapq.heappush(self._heap, item)
-            await self._decode_batch(loop, first.model, batch)
+            task = asyncio.create_task(self._decode_batch(loop, first.model, batch))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+        if self._running:
+            await asyncio.wait(self._running, timeout=30.0)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._wake.set()
 
     async def _decode_batch(self, loop: asyncio.AbstractEventLoop, model: str, items: list[_Pending]) -> None:
         started = time.monotonic()
@@ -542,10 +564,12 @@ def probe_audio() -> np.ndarray:
 
 
 def capacity_from_cost(cost_seconds: float, target_period_s: float, utilization: float, max_batch: int) -> int:
-    """Sessions a worker carries when one window costs ``cost_seconds`` (see the module docstring).
+    """Sessions a worker carries when one window costs ``cost_seconds`` of its time.
 
     ``floor(target_period_s x utilization / cost_seconds) x max_batch``, at least 1 (a worker that
     serves Decode at all carries one session; slower than that is still the best it can do).
+    ``cost_seconds`` is the device time per window: with parallel replicas, the wall time of
+    ``parallel`` concurrent decodes divided by ``parallel`` (see :func:`measure_capacity`).
     """
     if cost_seconds <= 0:
         return max_batch
@@ -553,28 +577,37 @@ def capacity_from_cost(cost_seconds: float, target_period_s: float, utilization:
 
 
 def measure_capacity(scheduler: DecodeScheduler, target_period_s: float, utilization: float, repeats: int = 3) -> int:
-    """Decode the probe window ``repeats`` times (blocking; at start-up) and set the capacity.
+    """Decode the probe as the worker serves it and set the capacity (blocking; at start-up).
 
-    Sets ``scheduler.window_cost_seconds`` (median seconds of one decode of ``max_batch`` probe
-    windows) and ``scheduler.capacity``; returns the capacity.
+    Each round decodes ``parallel`` batches of ``max_batch`` probe windows at once (one per
+    replica, from as many threads); ``scheduler.window_cost_seconds`` is the median round's wall
+    time divided by ``parallel`` (device seconds per batch), and ``scheduler.capacity`` follows
+    from :func:`capacity_from_cost`. Returns the capacity.
     """
+    from concurrent.futures import ThreadPoolExecutor as Pool
+
     whisper = scheduler.engine.models[scheduler.default_model].model
     audio = probe_audio()
-    lang = "" if whisper.model.is_multilingual else "en"
-    windows = [Window(audio=audio, prompt="", language=lang or "en") for _ in range(scheduler.max_batch)]
-    decode_windows(whisper, windows, scheduler.beam_size, scheduler.input_padding_seconds)  # warm-up
-    costs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+    windows = [Window(audio=audio, prompt="", language="en") for _ in range(scheduler.max_batch)]
+
+    def one(_: int) -> None:
         decode_windows(whisper, windows, scheduler.beam_size, scheduler.input_padding_seconds)
-        costs.append(time.perf_counter() - started)
+
+    costs = []
+    with Pool(scheduler.parallel) as pool:
+        list(pool.map(one, range(scheduler.parallel)))  # warm-up
+        for _ in range(repeats):
+            started = time.perf_counter()
+            list(pool.map(one, range(scheduler.parallel)))
+            costs.append((time.perf_counter() - started) / scheduler.parallel)
     scheduler.window_cost_seconds = statistics.median(costs)
     scheduler.capacity = capacity_from_cost(scheduler.window_cost_seconds, target_period_s, utilization,
                                             scheduler.max_batch)
     log.info(
         "realtime capacity measured",
         extra={"window_cost_seconds": round(scheduler.window_cost_seconds, 3), "capacity": scheduler.capacity,
-               "max_batch": scheduler.max_batch, "probe_seconds": round(len(audio) / SAMPLE_RATE, 2)},
+               "max_batch": scheduler.max_batch, "parallel": scheduler.parallel,
+               "probe_seconds": round(len(audio) / SAMPLE_RATE, 2)},
     )
     return scheduler.capacity
 
@@ -598,7 +631,7 @@ async def start_decoder(settings, engine, registry) -> DecodeScheduler:  # noqa:
     scheduler = DecodeScheduler(
         engine, name, settings.worker_id, max_batch=min(settings.realtime_max_batch, fitted),
         beam_size=settings.realtime_beam_size, input_padding_seconds=padding if padding >= 0 else None,
-        gate=engine.realtime_gate,
+        gate=engine.realtime_gate, parallel=getattr(getattr(engine, "loader", None), "num_workers", 1),
     )
     if settings.realtime_capacity > 0:
         scheduler.capacity = settings.realtime_capacity

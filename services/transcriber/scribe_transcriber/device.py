@@ -33,7 +33,14 @@ from scribe_libs.devices import (
 )
 from scribe_libs.models import ModelRegistry
 from scribe_transcriber.config import Settings
-from scribe_transcriber.engine import Engine, ModelFactory, ModelLoader, default_cpu_threads, whisper_factory
+from scribe_transcriber.engine import (
+    Engine,
+    ModelFactory,
+    ModelLoader,
+    cpu_layout,
+    default_cpu_threads,
+    whisper_factory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +184,11 @@ def decide_and_load(
         if selection.facts is None:
             return _not_ready(out, selection.reason)
         out.facts = selection.facts
-        threads = default_cpu_threads(settings.cpu_threads)
+        threads, replicas = cpu_layout(settings.cpu_threads, getattr(settings, "cpu_replicas", 0))
         loaders = {
-            "cuda": ModelLoader("cuda", settings.device_index, threads, resolve, factory),
-            "cpu": ModelLoader("cpu", 0, threads, resolve, factory),
+            "cuda": ModelLoader("cuda", settings.device_index, default_cpu_threads(settings.cpu_threads), resolve,
+                                factory),
+            "cpu": ModelLoader("cpu", 0, threads, resolve, factory, num_workers=replicas),
         }
         decision = decide(
             selection.facts,

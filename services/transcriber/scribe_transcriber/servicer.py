@@ -56,7 +56,8 @@ class TranscriberState:
             profile.realtime_sessions = self.decoder.live_sessions
             profile.realtime_window_cost_seconds = round(self.decoder.window_cost_seconds, 4)
             d = self.decoder
-            how = (f"measured: one {d.max_batch}-window decode of the 7.7 s probe costs {d.window_cost_seconds:.3f} s, "
+            how = (f"measured: a {d.max_batch}-window decode of the 7.7 s probe costs {d.window_cost_seconds:.3f} s "
+                   f"of device time with {d.parallel} in parallel, "
                    f"target period {self.settings.realtime_target_period_seconds:g} s at "
                    f"{self.settings.realtime_utilization:.0%} utilization" if d.window_cost_seconds else "configured")
             profile.decisions.append(f"realtime capacity {d.capacity} live sessions ({how}); "

@@ -31,7 +31,8 @@ class FakeDevice:
     def _hit(self, rules: set, model: str, compute_type: str) -> bool:
         return compute_type in rules or (model, compute_type) in rules or "*" in rules
 
-    def factory(self, path: Path, device: str, device_index: int, compute_type: str, cpu_threads: int):
+    def factory(self, path: Path, device: str, device_index: int, compute_type: str, cpu_threads: int,
+                num_workers: int = 1):
         model = path.name
         self.loads.append((model, device, compute_type))
         if self._hit(self.oom_on_load, model, compute_type):
