@@ -170,18 +170,23 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
-    """Table of live worker profiles."""
+    """Table of live worker profiles.
+
+    LIVE: live streaming channels / measured realtime capacity; WINDOW: measured device seconds
+    per streaming window.
+    """
     reply = _results().ListWorkers(results_pb2.ListWorkersRequest(pool=args.pool or ""))
     now = datetime.now(UTC).timestamp()
     print(f"{'POOL':<10}{'WORKER':<28}{'DEVICE':<22}{'COMPUTE':<16}{'MODELS':<20}{'MEM(MB)':>9}"
-          f"{'LOAD':>6}{'RTF':>7}{'AGE':>8}")
+          f"{'LOAD':>6}{'RTF':>7}{'LIVE':>9}{'WINDOW(s)':>10}{'AGE':>8}")
     for p in reply.workers:
         device = p.device + (f" {p.gpu_name}" if p.gpu_name else f" {p.cpu_cores} cores")
         downgraded = p.compute_type_requested not in ("auto", p.compute_type_effective)
         compute = p.compute_type_effective + ("*" if downgraded else "")
         age = now - p.start_time.seconds
         print(f"{p.pool:<10}{p.worker_id[:27]:<28}{device[:21]:<22}{compute:<16}{','.join(p.models_loaded)[:19]:<20}"
-              f"{p.memory_used_by_models_bytes / 1e6:>9.0f}{p.current_load:>6}{p.real_time_factor:>7.3f}{age:>7.0f}s")
+              f"{p.memory_used_by_models_bytes / 1e6:>9.0f}{p.current_load:>6}{p.real_time_factor:>7.3f}"
+              f"{f'{p.realtime_sessions}/{p.realtime_capacity}':>9}{p.realtime_window_cost_seconds:>10.3f}{age:>7.0f}s")
     return 0
 
 

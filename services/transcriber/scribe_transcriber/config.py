@@ -68,8 +68,10 @@ class Settings(ServiceSettings):
         0, description="Live sessions this worker advertises; 0 = measured at start from its own decode cost."
     )
     realtime_target_period_seconds: float = Field(
-        1.5, description="Capacity target: with N sessions served in turn a session gets a decode every N x cost "
-        "seconds; capacity keeps that period at most this (seconds). 1.5 s keeps word latency near 2 s."
+        1.25, description="Capacity target: with N sessions served in turn a session gets a decode every N x cost "
+        "seconds; capacity keeps that period at most this (seconds). Measured with tools/bench_streaming.py "
+        "(tiny.en, 2 cores, 0.155 s per window): 1.5 s gave capacity 7, where word latency p95 was 3.3 s (jfk x3) "
+        "and 4.3 s (long sentences) against 2.4 / 2.3 s with 4 sessions; 1.25 s gives 6."
     )
     realtime_utilization: float = Field(
         0.8, gt=0, le=1, description="Share of the device's time the capacity plans for (the rest absorbs finals "
