@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -234,6 +235,14 @@ def test_redacted_session_sends_and_stores_no_clear_digits(stack, gateway, paced
 
     cfg = config(enum, rate, redact=True)
     if paced:
+        # A second gateway sees the worker's advertised live sessions, which still count this
+        # gateway's calls for up to 10 s after their last window: wait until the worker forgot them.
+        # (As the new gateway reads it: the profile in the scribe_workers bucket, written every 5 s.)
+        deadline = time.monotonic() + 60
+        while any(p.realtime_sessions for p in results.ListWorkers(results_pb2.ListWorkersRequest(pool="cpu"),
+                                                                   timeout=10).workers):
+            assert time.monotonic() < deadline, "the worker kept counting ended sessions"
+            time.sleep(0.5)  # polling the condition, bounded by the deadline
         # In real time (a paced gateway), so interims are decoded while the number is spoken.
         stack.start("stream_gateway", name="gw-paced", max_lead_seconds=0.0, worker_pool="cpu")
         try:

@@ -38,15 +38,18 @@ import grpc
 from scribe.v1 import transcriber_pb2, transcriber_pb2_grpc
 from scribe_libs import metrics
 from scribe_libs.auth import current_api_key
-from scribe_libs.bus import Bus
+from scribe_libs.bus import WORKER_HEARTBEAT_SECONDS, Bus
 from scribe_libs.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from scribe_libs.queue import live_profiles
 from scribe_stream_gateway.config import Settings
 
 log = logging.getLogger(__name__)
 
-#: As the transcriber counts a session live (scribe_transcriber.decode.SESSION_IDLE_SECONDS).
-SESSION_IDLE_SECONDS = 10.0
+#: How long this gateway remembers a session it sent windows for (s): the transcriber counts a
+#: session live for 10 s after its last window (scribe_transcriber.decode.SESSION_IDLE_SECONDS) and
+#: its profile is up to one heartbeat (5 s) plus one profile refresh old, so a session that ended
+#: here is still remembered while the worker's advertised count still holds it.
+SESSION_IDLE_SECONDS = 10.0 + WORKER_HEARTBEAT_SECONDS + 2.0
 
 #: Status codes after which the same window is retried on another worker.
 RETRYABLE = frozenset(
@@ -136,8 +139,8 @@ class WorkerPool:
 
         Capacity minus this gateway's placed channels minus the other gateways' live channels on
         it: the worker's advertised ``realtime_sessions`` less the channels this gateway sent it
-        windows for within the same window (``SESSION_IDLE_SECONDS``), so a call that just ended
-        here is not counted twice while the worker still remembers it.
+        windows for lately (``SESSION_IDLE_SECONDS``), so a call that just ended here is not
+        counted twice while the worker's profile still holds it.
         """
         cutoff = time.monotonic() - SESSION_IDLE_SECONDS
         recent = self._recent[profile.endpoint]

@@ -25,11 +25,12 @@ class Settings(ServiceSettings):
     device_index: int = Field(0, description="CUDA device index this worker owns.")
     compute_type: str = Field("auto", description="CTranslate2 compute type; 'auto' chooses from the device.")
     cpu_threads: int = Field(
-        0, description="CTranslate2 intra-op threads per replica on CPU; 0 = cores / replicas."
+        0, description="CTranslate2 intra-op threads per replica on CPU; 0 = all cores."
     )
     cpu_replicas: int = Field(
         0, description="CTranslate2 replicas on CPU (calls decoded in parallel: Decode windows of several live "
-        "sessions at once); 0 = one per core when cpu_threads is 0, else 1. See engine.cpu_layout."
+        "sessions at once); 0 = one per core when cpu_threads is 0, else 1. Two replicas on 2 cores double the live "
+        "capacity and cost batch jobs ~8 %; a CPU pool that serves no live calls should set 1. See engine.cpu_layout."
     )
     batch_size: int = Field(8, description="Chunks decoded together by the batched pipeline.")
     model_store: ModelSettings = Field(default_factory=ModelSettings, description="Where models come from.")

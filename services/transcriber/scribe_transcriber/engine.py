@@ -481,14 +481,17 @@ def default_cpu_threads(configured: int) -> int:
 def cpu_layout(cpu_threads: int, cpu_replicas: int) -> tuple[int, int]:
     """``(threads per replica, replicas)`` of a CPU model.
 
-    Default (both 0): one single-threaded replica per core. Measured here (tiny.en int8, 2 cores,
-    16 streaming windows of 3-7 s): two 1-thread replicas decoding in parallel took 0.133 s per
-    window against 0.281 s for one 2-thread replica, and one window alone 0.255 s against 0.282 s:
-    intra-op threads barely speed up a small model's decode, parallel calls double throughput.
+    Default (both 0): one replica per core, each with as many threads as there are cores.
+    Measured here (tiny.en int8, 2 cores): 16 streaming windows of 3-7 s decoded two at a time
+    took 0.133 s per window with 2 replicas of 2 threads, 0.136 s with 2 of 1 thread, and 0.281 s
+    on one 2-thread replica (intra-op threads barely speed up a small model's decode; parallel
+    calls double throughput). The price is paid by batch jobs (one model call at a time):
+    tools/bench_batch.py measured raw/platform 0.86-0.89 with two replicas against 0.96 with one
+    (``SCRIBE_TRANSCRIBER_CPU_REPLICAS=1``, the right setting for a CPU pool that serves no calls).
     """
     cores = default_cpu_threads(0)
     replicas = cpu_replicas or (1 if cpu_threads else cores)
-    threads = cpu_threads or max(1, cores // replicas)
+    threads = cpu_threads or cores
     return threads, max(replicas, 1)
 
 
