@@ -122,6 +122,24 @@ class MemoryGauge:
             return None
 
 
+def _plausible(name: str, compute_type: str, device: str, measured: int) -> int:
+    """``measured`` (bytes), or the static estimate when the delta cannot be the model's.
+
+    A load delta under :data:`MIN_PLAUSIBLE_MEASURE` of the estimate means the process's memory
+    changed for another reason meanwhile (another worker in the same process freed memory while
+    this one loaded); 0 (unreadable) stays 0.
+    """
+    try:
+        estimate = estimate_model_bytes(name, compute_type, device)
+    except KeyError:
+        return measured
+    if measured and measured < estimate * MIN_PLAUSIBLE_MEASURE:
+        log.info("memory delta not plausible; using the estimate",
+                 extra={"model": name, "measured_bytes": measured, "estimate_bytes": estimate})
+        return estimate
+    return measured
+
+
 def whisper_factory(
     path: Path, device: str, device_index: int, compute_type: str, cpu_threads: int, num_workers: int = 1
 ) -> tuple[Any, Any]:
@@ -209,6 +227,7 @@ class ModelLoader:
                 raise
             after = self.gauge.used_bytes()
             memory = max(after - before, 0) if before is not None and after is not None else 0
+            memory = _plausible(name, compute_type, self.device, memory)
             loaded = LoadedModel(name, path, model, pipeline, memory, time.monotonic() - started, compute_type)
             self.loaded[key] = loaded
         log.info(
@@ -232,18 +251,7 @@ class ModelLoader:
             MemoryError: It does not fit.
         """
         loaded = self.load(name, compute_type)
-        measured = loaded.memory_bytes
-        try:
-            estimate = estimate_model_bytes(name, compute_type, self.device)
-        except KeyError:
-            estimate = 0
-        if measured and estimate and measured < estimate * MIN_PLAUSIBLE_MEASURE:
-            # The process's memory changed for another reason meanwhile (another worker in the same
-            # process freed memory while this one loaded): keep the estimate.
-            log.info("memory delta not plausible; keeping the estimate",
-                     extra={"model": name, "measured_bytes": measured, "estimate_bytes": estimate})
-            return None
-        return measured or None
+        return loaded.memory_bytes or None
 
     def keep_only(self, keep: Iterable[tuple[str, str]]) -> None:
         """Release every model except ``keep`` (``(model, compute type)`` pairs)."""
