@@ -16,6 +16,7 @@ from minio.commonconfig import ENABLED, Filter
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from scribe_libs import objectstore
 from scribe_libs.errors import InvalidArgument, Unavailable
 from scribe_libs.objectstore import (

@@ -18,60 +18,15 @@ import time
 import numpy as np
 import pytest
 
+from libs.tests.scripted import RATE, VOCAB, ScriptedVad, sample_index, spoken, timed_audio, word
 from scribe_libs.streaming import ChannelStream, Result, SpeechEvent, StreamConfig, Word
 from scribe_libs.streaming.policy import normalize
 from scribe_libs.streaming.session import SLICE_SAMPLES
 from scribe_libs.streaming.types import SpeechEventType
 
-RATE = 16000
-SCALE = float(2**23)  # sample value = (index mod 2**23) / 2**23: exact in float32
 SLICE_S = SLICE_SAMPLES / RATE
 #: Wall clock runs this many times faster than the audio (pacing and decode costs alike).
 SPEED = 5.0
-
-
-def timed_audio(start_sample: int, n: int) -> np.ndarray:
-    return ((np.arange(start_sample, start_sample + n) % 2**23) / SCALE).astype(np.float32)
-
-
-def sample_index(value: float, near: int) -> int:
-    base = int(round(float(value) * SCALE))
-    period = 2**23
-    return base + period * round((near - base) / period)
-
-
-_LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-_VOCAB = ["".join(np.random.default_rng(k).choice(_LETTERS, 6)) for k in range(400)]
-
-
-def word(k: int) -> Word:
-    return Word(0.5 * k + 0.05, 0.5 * k + 0.45, _VOCAB[k])
-
-
-def spoken(seconds: float, speech) -> list[str]:
-    out, k = [], 0
-    while word(k).end <= seconds:
-        if speech(word(k).start) and speech(word(k).end):
-            out.append(word(k).text)
-        k += 1
-    return out
-
-
-class ScriptedVad:
-    """Fake Silero session: probability 0.9 where ``speech(t)`` is true, else 0.05."""
-
-    def __init__(self, speech):
-        self.speech = speech
-        self.position = 0
-
-    def run(self, _outputs, feeds):
-        frames = feeds["input"][:, 64:]
-        probs = []
-        for frame in frames:
-            self.position = sample_index(frame[0], self.position)
-            probs.append(0.9 if self.speech(self.position / RATE) else 0.05)
-            self.position += 512
-        return np.array(probs, dtype=np.float32).reshape(-1, 1), feeds["h"], feeds["c"]
 
 
 class Call:
@@ -299,7 +254,7 @@ async def test_buffer_never_exceeds_the_cap_plus_one_slice(cost):
         async def __call__(self, audio, prompt, final=False):
             words = await super().__call__(audio, prompt, final)
             n = len(self.calls)
-            return [Word(w.start, w.end, _VOCAB[(n * 7 + i) % len(_VOCAB)]) for i, w in enumerate(words)]
+            return [Word(w.start, w.end, VOCAB[(n * 7 + i) % len(VOCAB)]) for i, w in enumerate(words)]
 
     cfg = StreamConfig(max_buffer_s=6.0, trim_buffer_s=3.0, max_utterance_s=6.0)
     decoder = Babbler(speech, cost=cost)

@@ -177,11 +177,6 @@ class ChannelStream:
         """Audio received on this channel, seconds."""
         return self.buffer.end
 
-    @property
-    def decoding(self) -> bool:
-        """A decode is in flight."""
-        return self._task is not None
-
     async def push(self, samples: np.ndarray) -> list[StreamEvent]:
         """Process new audio (returns without waiting for decodes, except at the buffer cap).
 

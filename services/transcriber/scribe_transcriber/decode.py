@@ -409,7 +409,6 @@ class DecodeScheduler:
         self.window_cost_seconds = 0.0
         """Measured cost of one typical window (s)."""
         self.windows_decoded = 0
-        self.fallbacks = 0
         self._heap: list[_Pending] = []
         self._order = itertools.count()
         self._wake = asyncio.Event()
@@ -543,7 +542,6 @@ class DecodeScheduler:
         elapsed = time.monotonic() - started
         self.windows_decoded += len(items)
         for pending, result in zip(items, results, strict=True):
-            self.fallbacks += result.fallback
             if pending.future.done():
                 continue
             pending.future.set_result(
