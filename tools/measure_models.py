@@ -30,8 +30,9 @@ FILES = [ROOT / "tests" / "fixtures" / "speech_en.wav", ROOT.parent / "shared" /
 def measure_one(model: str, compute_type: str, threads: int) -> dict:
     from scribe.v1 import transcript_pb2
     from scribe_libs.devices import SystemProbe, decide, select_device
+    from scribe_libs.devices.loader import ModelLoader
     from scribe_libs.models import ModelRegistry, ModelSettings
-    from scribe_transcriber.engine import Engine, ModelLoader
+    from scribe_transcriber.engine import Engine  # the batch path it measures
 
     registry = ModelRegistry(ModelSettings(allow_download=False))
     probe = SystemProbe()

@@ -34,11 +34,11 @@ def _facts_line(facts: DeviceFacts) -> str:
 
 
 def _measure_for(device: str, index: int, threads: int):  # noqa: ANN202 - a Measure callback
-    """A measure callback that loads models for real (the transcriber's ModelLoader)."""
+    """A measure callback that loads models for real (the ModelLoader the transcriber uses)."""
     import asyncio
 
+    from scribe_libs.devices.loader import ModelLoader
     from scribe_libs.models import ModelRegistry, ModelSettings
-    from scribe_transcriber.engine import ModelLoader
 
     registry = ModelRegistry(ModelSettings())
     loader = ModelLoader(device, index, threads, lambda name: asyncio.run(registry.resolve(name)))

@@ -187,10 +187,12 @@ async def declare(
     return jobs, workers, glossaries
 
 
-async def connect(
-    settings: NatsSettings, name: str, retention_seconds: float = DEFAULT_RETENTION_SECONDS
-) -> Bus:
+async def connect(settings: NatsSettings, name: str, *, retention_seconds: float) -> Bus:
     """Connect to NATS, declare streams and buckets, and return the :class:`Bus`.
+
+    ``retention_seconds`` is the ``scribe_jobs`` TTL every service declares; it has no default,
+    since a service that left it out reset the bucket's TTL to 7 days on every start (seen: the
+    stream gateway, whatever ``retentionDays`` the chart set).
 
     Raises:
         nats.errors.NoServersError: no server answered within the connect timeout.

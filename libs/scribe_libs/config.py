@@ -7,6 +7,11 @@ Each service defines ``class Settings(ServiceSettings)`` with
 
 from __future__ import annotations
 
+import os
+import typing
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -22,8 +27,77 @@ class NatsSettings(BaseModel):
     max_reconnect_attempts: int = Field(-1, description="Reconnect attempts after a lost connection; -1 forever.")
 
 
+class UnknownSetting(ValueError):
+    """Environment variables with a service's prefix that name no setting of that service."""
+
+    def __init__(self, names: list[str], prefix: str):
+        self.names = names
+        super().__init__(
+            f"{', '.join(names)}: no such setting (variables starting with {prefix} must name a field of "
+            f"the service's settings; nested fields use '__', e.g. {prefix}NATS__URL)"
+        )
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds (``Model`` or ``Model | None``), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _names_field(model: type[BaseModel], parts: list[str]) -> bool:
+    """Whether ``parts`` (lower-case, split at ``__``) is a field path of ``model``."""
+    fields = {name.lower(): info for name, info in model.model_fields.items()}
+    info = fields.get(parts[0])
+    if info is None:
+        return False
+    if len(parts) == 1:
+        return True
+    nested = _model_of(info.annotation)
+    if nested is not None:
+        return _names_field(nested, parts[1:])
+    origin = typing.get_origin(info.annotation)
+    return origin in (dict, Mapping)  # a dict field takes any key: PREFIX_POOLS__CPU
+
+
+def unknown_variables(settings_type: type[BaseSettings], environ: Mapping[str, str] | None = None) -> list[str]:
+    """Variables of ``environ`` with the settings' ``env_prefix`` that name no field; sorted.
+
+    ``environ`` defaults to ``os.environ``; nested fields are reached with ``__``.
+    """
+    prefix = str(settings_type.model_config.get("env_prefix") or "").upper()
+    delimiter = settings_type.model_config.get("env_nested_delimiter") or "__"
+    if not prefix:
+        return []
+    environ = os.environ if environ is None else environ
+    unknown = []
+    for name in environ:
+        upper = name.upper()
+        if not upper.startswith(prefix) or len(upper) == len(prefix):
+            continue
+        parts = upper[len(prefix):].lower().split(delimiter.lower())
+        if not _names_field(settings_type, parts):
+            unknown.append(name)
+    return sorted(unknown)
+
+
 class ServiceSettings(BaseSettings):
-    """Fields every service has. Ports are TCP ports; 0 binds a free port (tests)."""
+    """Fields every service has. Ports are TCP ports; 0 binds a free port (tests).
+
+    Building a service's settings raises :class:`UnknownSetting` (a ``ValueError``) when the
+    environment has a variable with the service's prefix that names no field: a deployment's
+    typo (``SCRIBE_TRANSCRIBER_MODELS_DIR`` for ``..._MODEL_STORE__MODELS_DIR``) stops the
+    service at start, naming the variable, instead of being ignored.
+    """
+
+    def __init__(self, **values: Any) -> None:
+        unknown = unknown_variables(type(self))
+        if unknown:
+            raise UnknownSetting(unknown, str(type(self).model_config.get("env_prefix")))
+        super().__init__(**values)
 
     host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
     port: int = Field(0, description="gRPC port; 0 picks a free one (written to ready_file).")

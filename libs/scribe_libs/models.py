@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -34,13 +35,38 @@ MODELS_BUCKET = "scribe-models"
 _REQUIRED_FILES = ("model.bin", "config.json")
 
 
+def default_cache_dir() -> Path:
+    """The model cache used when ``cache_dir`` is not set.
+
+    ``$XDG_CACHE_HOME`` or ``~/.cache``, below ``scribe/models``, if that can be created; else
+    the temp directory.
+
+    A container runs with HOME=/nonexistent and a read-only root filesystem (charts/scribe);
+    there the first writable place is ``$TMPDIR/scribe-models`` (the chart sets ``cache_dir``
+    explicitly to its cache volume).
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    for candidate in (Path(base) / "scribe" / "models", Path(tempfile.gettempdir()) / "scribe-models"):
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(candidate, os.W_OK):
+            return candidate
+    return Path(tempfile.gettempdir()) / "scribe-models"
+
+
 class ModelSettings(BaseModel):
     """Where models come from."""
 
     models_dir: Path | None = Field(None, description="Directory of model folders named after the model.")
     cache_dir: Path = Field(
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scribe" / "models",
-        description="Writable cache for joined packages, bucket copies and hub downloads.",
+        default_factory=default_cache_dir,
+        description="Writable cache for joined packages, bucket copies and hub downloads "
+        "(default: $XDG_CACHE_HOME or ~/.cache, then $TMPDIR, below scribe/models).",
+    )
+    source_bucket: str = Field(
+        MODELS_BUCKET, description="Object-store bucket of model folders (<bucket>/<model>/model.bin, ...)."
     )
     allow_download: bool = Field(True, description="Try the Hugging Face hub when no other source has the model.")
 
@@ -150,7 +176,7 @@ class ModelRegistry:
             path = await self._from_bucket(name)
             if path is not None:
                 return path
-            tried.append(f"object store bucket {MODELS_BUCKET}/{name}/")
+            tried.append(f"object store bucket {self.settings.source_bucket}/{name}/")
         if self.settings.allow_download:
             try:
                 return await asyncio.to_thread(self._from_hub, name)
@@ -161,7 +187,7 @@ class ModelRegistry:
     async def _from_bucket(self, name: str) -> Path | None:
         assert self.store is not None
         try:
-            keys = await self.store.list_keys(MODELS_BUCKET, f"{name}/")
+            keys = await self.store.list_keys(self.settings.source_bucket, f"{name}/")
         except Exception:  # noqa: BLE001 - a missing bucket is "not there"
             return None
         if not keys:
@@ -171,7 +197,7 @@ class ModelRegistry:
             dest = target / key.removeprefix(f"{name}/")
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not dest.exists():
-                await self.store.get_file(MODELS_BUCKET, key, dest)
+                await self.store.get_file(self.settings.source_bucket, key, dest)
         return target if _complete(target) else None
 
     def _from_hub(self, name: str) -> Path:

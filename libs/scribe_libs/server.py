@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,10 +143,16 @@ def serve_main(
     graceful drain on SIGTERM (``drain_seconds``, then ``grace_seconds``).
     """
     from scribe_libs import __version__
+    from scribe_libs.config import UnknownSetting
     from scribe_libs.logs import configure_logging
     from scribe_libs.telemetry import setup_telemetry, shutdown_telemetry
 
-    settings = settings_type()
+    try:
+        settings = settings_type()
+    except UnknownSetting as exc:
+        # Before logging is configured: one plain line, and a non-zero exit (CrashLoopBackOff).
+        print(f"{service}: refusing to start: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     configure_logging(service, settings.log_level)
     setup_telemetry(service, __version__, settings.metrics_port)
 

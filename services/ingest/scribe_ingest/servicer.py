@@ -257,7 +257,7 @@ async def create_server(settings: Settings) -> GrpcServer:
     Returns:
         The started server (``.port`` is the bound port).
     """
-    bus = await busmod.connect(settings.nats, "scribe-ingest", settings.retention_days * 86400)
+    bus = await busmod.connect(settings.nats, "scribe-ingest", retention_seconds=settings.retention_days * 86400)
     store = open_store(settings.store)
     await store.ensure_bucket(AUDIO_BUCKET)
     servicer = IngestServicer(settings, bus, store)

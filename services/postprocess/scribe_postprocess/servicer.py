@@ -156,7 +156,7 @@ async def create_server(settings: Settings) -> GrpcServer:
         InvalidArgument: a configured global rule is invalid (``INVALID_RULE``).
     """
     rules = global_rules(settings)  # before connecting: a bad rule stops the start-up
-    bus = await busmod.connect(settings.nats, "scribe-postprocess", settings.retention_days * 86400)
+    bus = await busmod.connect(settings.nats, "scribe-postprocess", retention_seconds=settings.retention_days * 86400)
     store = open_store(settings.store)
     await store.ensure_bucket(RESULTS_BUCKET, expiry_days=settings.retention_days)
     llm = None

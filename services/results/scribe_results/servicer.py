@@ -220,7 +220,7 @@ def _fingerprint(job: jobs_pb2.Job) -> tuple:
 
 async def create_server(settings: Settings) -> GrpcServer:
     """Connect, start the gRPC server, report SERVING."""
-    bus = await busmod.connect(settings.nats, "scribe-results", settings.retention_days * 86400)
+    bus = await busmod.connect(settings.nats, "scribe-results", retention_seconds=settings.retention_days * 86400)
     store = open_store(settings.store)
     await store.ensure_bucket(RESULTS_BUCKET, expiry_days=settings.retention_days)
     await store.ensure_bucket(AUDIO_BUCKET)

@@ -241,7 +241,9 @@ async def create_server(settings: Settings) -> GrpcServer:
     """Connect to NATS and the store, load Silero VAD, start the server; SERVING when all are ready."""
     from scribe_libs.streaming.vad import load_silero_session
 
-    bus = await busmod.connect(settings.nats, "scribe-stream-gateway")
+    bus = await busmod.connect(
+        settings.nats, "scribe-stream-gateway", retention_seconds=settings.retention_days * 86400
+    )
     store = open_store(settings.store)
     await store.ensure_bucket(AUDIO_BUCKET)
     await store.ensure_bucket(RESULTS_BUCKET, expiry_days=settings.retention_days)

@@ -33,7 +33,9 @@ ML = glossary_pb2.Glossary(
 
 @pytest.fixture
 async def store(nats_url):
-    bus = await busmod.connect(NatsSettings(url=nats_url), "test-livetext")
+    bus = await busmod.connect(
+        NatsSettings(url=nats_url), "test-livetext", retention_seconds=busmod.DEFAULT_RETENTION_SECONDS
+    )
     glossaries = GlossaryStore(bus.glossaries)
     await glossaries.put(ML)
     try:

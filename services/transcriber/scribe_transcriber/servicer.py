@@ -121,7 +121,7 @@ async def create_server(settings: Settings) -> GrpcServer:
     )
     state.port = server.port
     bus = await busmod.connect(
-        settings.nats, f"scribe-transcriber-{settings.worker_id}", settings.retention_days * 86400
+        settings.nats, f"scribe-transcriber-{settings.worker_id}", retention_seconds=settings.retention_days * 86400
     )
     store = open_store(settings.store)
     await store.ensure_bucket(AUDIO_BUCKET)
