@@ -198,7 +198,8 @@ def test_pods_carry_standard_labels_checksum_and_scrape_annotations(values_sets)
         assert re.fullmatch(r"[0-9a-f]{64}", meta["annotations"]["checksum/config"])
         assert meta["annotations"]["prometheus.io/scrape"] == "true"
     monitors = kind(docs, "ServiceMonitor")
-    assert {m["metadata"]["labels"]["app.kubernetes.io/component"] for m in monitors} == SCRIBE_CONTAINERS
+    # every service's metrics port, and Envoy's admin /stats/prometheus
+    assert {m["metadata"]["labels"]["app.kubernetes.io/component"] for m in monitors} == SCRIBE_CONTAINERS | {"envoy"}
 
 
 def test_config_change_changes_the_checksum_so_pods_roll(render):
@@ -315,7 +316,6 @@ def test_helm_test_pod_checks_health_through_envoy(values_sets):
             {"objectStore": {"endpoint": "https://s3.example.com"}},
             'objectStore.endpoint "https://s3.example.com" must be host:port',
         ),
-        ({"auth": {"keysFile": ""}}, "auth: neither auth.existingSecret nor auth.keysFile is set"),
         ({"ingest": {"enabled": False}}, 'upstream "ingest" is disabled (ingest.enabled=false)'),
         ({"transcriber": {"pools": {"cpu": {"enabled": False}}}}, "no pool in transcriber.pools is enabled"),
         (
@@ -355,3 +355,29 @@ def test_schema_rejects_bad_values(render, values, where):
         render({"auth": {"keysFile": "{}"}}, values)
     assert "values don't meet the specifications of the schema" in str(err.value)
     assert where in str(err.value)
+
+
+def test_default_install_generates_an_admin_key_the_services_accept(render):
+    """No auth.existingSecret, no auth.keysFile: a generated admin key, its hash in the keys file."""
+    import base64
+    import hashlib
+    import json
+
+    from scribe_libs.auth import AuthSettings, KeyRing
+
+    docs = render({"auth": {"keysFile": "", "existingSecret": ""}})
+    secrets = [d for d in kind(docs, "Secret") if "admin-api-key" in (d.get("data") or {})]
+    assert len(secrets) == 1
+    secret = secrets[0]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    key = base64.b64decode(secret["data"]["admin-api-key"]).decode()
+    keys_file = json.loads(base64.b64decode(secret["data"]["api-keys.json"]))
+    (entry,) = keys_file["keys"]
+    assert entry["scopes"] == ["admin"] and entry["sha256"] == hashlib.sha256(key.encode()).hexdigest()
+    assert key not in json.dumps(keys_file)  # only the hash reaches the pods
+    for d in kind(docs, "Deployment"):  # the pods mount the keys file only, never the plain key
+        for volume in d["spec"]["template"]["spec"]["volumes"]:
+            if volume["name"] == "api-keys":
+                assert [i["key"] for i in volume["secret"]["items"]] == ["api-keys.json"]
+    principal = KeyRing(AuthSettings(keys_json=json.dumps(keys_file))).lookup(key)
+    assert principal is not None and "admin" in principal.scopes

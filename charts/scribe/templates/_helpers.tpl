@@ -63,15 +63,112 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
-{{/* Image reference: (dict "root" $ "image" .Values.ingest.image). Digest wins over tag. */}}
-{{- define "scribe.image" -}}
-{{- $registry := .root.Values.image.registry -}}
+{{/*
+Image reference of any image of the chart: (dict "root" $ "image" <image values> "registry" <fallback registry> "tag" <tag>).
+Registry: global.imageRegistry, else the image's own `registry`, else the fallback (image.registry
+for the scribe images and the models init container, none for Envoy and the helm test image).
+Digest wins over tag.
+*/}}
+{{- define "scribe.imageRef" -}}
+{{- $global := default dict .root.Values.global -}}
+{{- $registry := coalesce $global.imageRegistry .image.registry .registry | default "" -}}
 {{- $repo := .image.repository -}}
 {{- if $registry }}{{ $repo = printf "%s/%s" (trimSuffix "/" $registry) $repo }}{{ end -}}
 {{- if .image.digest -}}
 {{- printf "%s@%s" $repo .image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" $repo (default .root.Chart.AppVersion (default .root.Values.image.tag .image.tag)) -}}
+{{- printf "%s:%s" $repo (toString .tag) -}}
+{{- end -}}
+{{- end }}
+
+{{/* Image reference of a scribe image: (dict "root" $ "image" .Values.ingest.image). Tag: its own, then image.tag, then appVersion. */}}
+{{- define "scribe.image" -}}
+{{- $tag := default .root.Chart.AppVersion (default .root.Values.image.tag .image.tag) -}}
+{{- include "scribe.imageRef" (dict "root" .root "image" .image "registry" .root.Values.image.registry "tag" $tag) -}}
+{{- end }}
+
+{{/*
+imagePullSecrets of every pod: global.imagePullSecrets merged with image.pullSecrets, each given
+as a name ("regcred") or an object ({name: regcred}); duplicates dropped. Renders the whole
+`imagePullSecrets:` key, or nothing when there are none.
+*/}}
+{{- define "scribe.imagePullSecrets" -}}
+{{- $global := default dict .Values.global -}}
+{{- $names := list -}}
+{{- range (concat (default list $global.imagePullSecrets) (default list .Values.image.pullSecrets)) -}}
+{{- if kindIs "string" . -}}
+{{- $names = append $names . -}}
+{{- else if kindIs "map" . -}}
+{{- $names = append $names (toString .name) -}}
+{{- end -}}
+{{- end -}}
+{{- $names = $names | compact | uniq -}}
+{{- if $names }}
+imagePullSecrets:
+{{- range $names }}
+  - name: {{ . }}
+{{- end }}
+{{- end -}}
+{{- end }}
+
+{{/* ServiceAccount of the stateless services and Envoy. */}}
+{{- define "scribe.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "scribe.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end }}
+
+{{/* ServiceAccount of the transcriber pools; the pod RBAC (transcriber.rbac.create) binds to it. */}}
+{{- define "scribe.transcriberServiceAccountName" -}}
+{{- if .Values.transcriber.serviceAccountName -}}
+{{- .Values.transcriber.serviceAccountName -}}
+{{- else if .Values.serviceAccount.create -}}
+{{- printf "%s-transcriber" (include "scribe.serviceAccountName" .) | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- include "scribe.serviceAccountName" . -}}
+{{- end -}}
+{{- end }}
+
+{{/* True ("true") for a pool that is rendered: `enabled` absent or not false. */}}
+{{- define "scribe.poolEnabled" -}}
+{{- ne (toString .enabled) "false" -}}
+{{- end }}
+
+{{/*
+The pools ingest routes to, as JSON {pool: [models]} (SCRIBE_INGEST_POOLS): every enabled entry of
+transcriber.pools, or {} when the chart runs no transcriber. Keys sorted (Go's JSON encoding).
+*/}}
+{{- define "scribe.poolModels" -}}
+{{- $out := dict -}}
+{{- if .Values.transcriber.enabled -}}
+{{- range $name, $pool := .Values.transcriber.pools -}}
+{{- if eq (include "scribe.poolEnabled" $pool) "true" -}}
+{{- $_ := set $out $name (default list $pool.models) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end }}
+
+{{/*
+Default model of a service: (dict "root" $ "value" <ingest.defaultModel or streamGateway.defaultModel>).
+The value when set; else the first model of the first enabled pool in pool-name order (helm
+ranges over a map in sorted key order), so a GPU-only install defaults to a model its pool
+serves; "" when no pool is rendered (the service's own default applies).
+*/}}
+{{- define "scribe.defaultModel" -}}
+{{- if .value -}}
+{{- .value -}}
+{{- else if .root.Values.transcriber.enabled -}}
+{{- $first := "" -}}
+{{- range $name, $pool := .root.Values.transcriber.pools -}}
+{{- if and (not $first) (eq (include "scribe.poolEnabled" $pool) "true") $pool.models -}}
+{{- $first = first $pool.models -}}
+{{- end -}}
+{{- end -}}
+{{- $first -}}
 {{- end -}}
 {{- end }}
 
@@ -146,7 +243,9 @@ total: {{ add $out.preStopSleepSeconds $out.drainSeconds $out.graceSeconds $out.
 {{- end }}
 
 {{/*
-Environment shared by every scribe service: (dict "root" $ "prefix" "SCRIBE_INGEST_" "cfg" <values> "sd" <shutdown dict>).
+Environment shared by every scribe service: (dict "root" $ "prefix" "SCRIBE_INGEST_" "cfg" <values>
+"sd" <shutdown dict> "component" <name> "serviceEnv" <optional YAML list of the service's own variables>).
+The service's own variables come before common.extraEnv and the service's extraEnv.
 */}}
 {{- define "scribe.commonEnv" -}}
 {{- $root := .root -}}
@@ -198,6 +297,9 @@ Environment shared by every scribe service: (dict "root" $ "prefix" "SCRIBE_INGE
   value: {{ .component | quote }}
 - name: OTEL_RESOURCE_ATTRIBUTES
   value: {{ printf "service.namespace=%s,k8s.namespace.name=%s" (include "scribe.fullname" $root) $root.Release.Namespace | quote }}
+{{- with .serviceEnv }}
+{{ . }}
+{{- end }}
 {{- with $root.Values.common.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -206,7 +308,11 @@ Environment shared by every scribe service: (dict "root" $ "prefix" "SCRIBE_INGE
 {{- end }}
 {{- end }}
 
-{{/* Volumes every scribe pod has: writable /tmp (root filesystem is read-only) and the API keys. */}}
+{{/*
+Volumes every scribe pod has: writable /tmp (root filesystem is read-only), the API keys file
+(only that key of the Secret: a generated Secret also holds the plain admin key, which no pod
+needs), then common.extraVolumes.
+*/}}
 {{- define "scribe.commonVolumes" -}}
 - name: tmp
   emptyDir:
@@ -215,14 +321,24 @@ Environment shared by every scribe service: (dict "root" $ "prefix" "SCRIBE_INGE
   secret:
     secretName: {{ include "scribe.authSecretName" . }}
     defaultMode: 0440
+    items:
+      - key: {{ .Values.auth.secretKey }}
+        path: {{ .Values.auth.secretKey }}
+{{- with .Values.common.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
+{{/* Mounts of every scribe container: /tmp, the API keys, then common.extraVolumeMounts. */}}
 {{- define "scribe.commonVolumeMounts" -}}
 - name: tmp
   mountPath: /tmp
 - name: api-keys
   mountPath: {{ .Values.auth.mountPath }}
   readOnly: true
+{{- with .Values.common.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Native gRPC probes: (dict "port" 50051 "probes" <probes values>). */}}

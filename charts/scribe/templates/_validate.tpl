@@ -27,9 +27,14 @@ that names the value and says what to do; all lines are reported together, e.g.
 {{- end -}}
 {{- end -}}
 
-{{- /* API keys. */ -}}
-{{- if and (not $v.auth.existingSecret) (not $v.auth.keysFile) -}}
-{{- $errs = append $errs "auth: neither auth.existingSecret nor auth.keysFile is set; every call would be refused. Put the hashed API keys file in a Secret (auth.existingSecret) or in auth.keysFile" -}}
+{{- /* API keys. With neither existingSecret nor keysFile the chart generates an admin key. */ -}}
+{{- if and (not $v.auth.existingSecret) (eq $v.auth.secretKey "admin-api-key") -}}
+{{- $errs = append $errs "auth.secretKey must not be \"admin-api-key\": the chart keeps the generated plain admin key under that key of its Secret; use e.g. api-keys.json" -}}
+{{- end -}}
+
+{{- /* ServiceAccounts: the pod RBAC must not land on the namespace's shared "default" by accident. */ -}}
+{{- if and $v.transcriber.enabled $v.transcriber.rbac.create (not $v.serviceAccount.create) (not $v.serviceAccount.name) (not $v.transcriber.serviceAccountName) -}}
+{{- $errs = append $errs "serviceAccount.create is false and no ServiceAccount is named, so the transcriber pods would run as \"default\" and transcriber.rbac would let every pod using it patch pods; set transcriber.serviceAccountName (or serviceAccount.name) to an existing ServiceAccount" -}}
 {{- end -}}
 
 {{- /* Shutdown budget. */ -}}
@@ -56,7 +61,7 @@ that names the value and says what to do; all lines are reported together, e.g.
 {{- if $v.transcriber.enabled -}}
 {{- $enabled := 0 -}}
 {{- range $name, $pool := $v.transcriber.pools -}}
-{{- if ne (toString $pool.enabled) "false" -}}
+{{- if eq (include "scribe.poolEnabled" $pool) "true" -}}
 {{- $enabled = add1 $enabled -}}
 {{- $limits := dict -}}
 {{- if and $pool.resources $pool.resources.limits -}}{{- $limits = $pool.resources.limits -}}{{- end -}}
@@ -68,7 +73,9 @@ that names the value and says what to do; all lines are reported together, e.g.
 {{- $errs = append $errs (printf "transcriber.pools.%s: the pool name must be at most 30 characters" $name) -}}
 {{- end -}}
 {{- if $pool.gpu -}}
-{{- if not (hasKey $limits "nvidia.com/gpu") -}}
+{{- if not (hasKey $pool "resources") -}}
+{{- /* no resources at all: the chart gives the pod limits."nvidia.com/gpu": 1 */ -}}
+{{- else if not (hasKey $limits "nvidia.com/gpu") -}}
 {{- $errs = append $errs (printf "transcriber.pools.%s: gpu is true but resources.limits.\"nvidia.com/gpu\" is missing; set it to 1 (one pod per GPU)" $name) -}}
 {{- else if ne (toString (index $limits "nvidia.com/gpu")) "1" -}}
 {{- $errs = append $errs (printf "transcriber.pools.%s: resources.limits.\"nvidia.com/gpu\" is %v; a transcriber pod owns exactly one GPU, set it to 1 and scale with replicas" $name (index $limits "nvidia.com/gpu")) -}}
@@ -91,6 +98,19 @@ that names the value and says what to do; all lines are reported together, e.g.
 {{- end -}}
 {{- if eq $enabled 0 -}}
 {{- $errs = append $errs "transcriber.enabled is true but no pool in transcriber.pools is enabled; no job could ever run" -}}
+{{- end -}}
+{{- /* A default model must be one an enabled pool serves, or every job/session without a model fails. */ -}}
+{{- $served := dict -}}
+{{- range $name, $pool := $v.transcriber.pools -}}
+{{- if eq (include "scribe.poolEnabled" $pool) "true" -}}
+{{- range $m := (default list $pool.models) }}{{ $_ := set $served $m true }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- range $key := list "ingest" "streamGateway" -}}
+{{- $svc := index $v $key -}}
+{{- if and $svc.enabled $svc.defaultModel (not (hasKey $served $svc.defaultModel)) -}}
+{{- $errs = append $errs (printf "%s.defaultModel %q is served by no enabled pool (served: %s); add it to a pool's models or pick one of those, or leave it empty for the first model of the first enabled pool" $key $svc.defaultModel (join ", " (keys $served | sortAlpha))) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
