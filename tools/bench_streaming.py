@@ -7,7 +7,7 @@ Usage (from the repository root, venv active)::
     python tools/bench_streaming.py --memory-minutes 30              # plus the 30-min memory replay
 
 It starts its own stack in this process (nats-server, one transcriber with tiny.en int8 on this
-machine's cores, the gateway; conftest.Stack as the integration tests do), with the worker's
+machine's cores, the gateway; scribe_harness.Stack as the integration tests do), with the worker's
 realtime capacity *measured* at start (``realtime_capacity=0``), so sessions beyond it are refused
 with RESOURCE_EXHAUSTED and counted, not served badly. Peers run in their own virtual
 environments (``tools/peers/setup.sh``; ``tools/peers/run_peer.py``) on the same model files and
@@ -52,11 +52,10 @@ from pathlib import Path
 import grpc
 import jiwer
 import numpy as np
+from scribe_harness import SHARED_DATA, NatsServer, Stack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from conftest import SHARED_DATA, NatsServer, Stack  # noqa: E402
 from scribe.v1 import streaming_pb2, streaming_pb2_grpc  # noqa: E402
 from scribe_cli.stream import call_requests, read_audio  # noqa: E402
 from scribe_libs.callaudio import encode_linear16, resample  # noqa: E402

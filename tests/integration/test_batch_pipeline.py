@@ -13,8 +13,9 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import json_format
+from scribe_harness import FIXTURES, SHARED_DATA, create_job_requests, wer
+from scribe_harness import submit as harness_submit
 
-from conftest import FIXTURES, SHARED_DATA, wer
 from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc, transcript_pb2
 from scribe_libs.errors import error_info
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET
@@ -24,10 +25,7 @@ CHUNK = 64 * 1024
 
 
 def requests(spec: jobs_pb2.JobSpec, data: bytes | None):
-    yield ingest_pb2.CreateJobRequest(spec=spec)
-    if data:
-        for i in range(0, len(data), CHUNK):
-            yield ingest_pb2.CreateJobRequest(audio=data[i : i + CHUNK])
+    return create_job_requests(spec, data or b"", CHUNK)
 
 
 
@@ -50,13 +48,8 @@ def results(stack):
     return results_pb2_grpc.ResultsStub(stack.channel("results"))
 
 
-def submit(ingest, path: Path | None, data: bytes | None = None, **config) -> jobs_pb2.Job:
-    spec_fields = {k: config.pop(k) for k in ("request_id", "source_uri", "retain_audio") if k in config}
-    spec = jobs_pb2.JobSpec(config=transcript_pb2.RecognitionConfig(**config), **spec_fields)
-    if path is not None:
-        spec.filename = path.name
-        data = path.read_bytes()
-    return ingest.CreateJob(requests(spec, data), timeout=60).job
+def submit(ingest, path: Path | None, data: bytes | None = None, **fields) -> jobs_pb2.Job:
+    return harness_submit(ingest, path if path is not None else data, **fields)
 
 
 def watch(results, job_id: str, timeout: float = 240) -> list[jobs_pb2.Job]:

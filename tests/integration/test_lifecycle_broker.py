@@ -15,9 +15,10 @@ import wave
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from scribe_harness import FIXTURES, wait_for
+from scribe_harness import submit as harness_submit
 
-from conftest import FIXTURES
-from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc
+from scribe.v1 import ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc
 from scribe_libs.bus import EVENTS_STREAM
 from scribe_libs.jobs import RESULTS_BUCKET
 
@@ -52,24 +53,10 @@ def repeated_wav(name: str, times: int) -> bytes:
 def submit(stack, data: bytes, deadline: float) -> jobs_pb2.Job:
     """CreateJob, retried on UNAVAILABLE until ``deadline`` (the broker may still be coming back)."""
 
-    def gen():
-        yield ingest_pb2.CreateJobRequest(spec=jobs_pb2.JobSpec())
-        for i in range(0, len(data), CHUNK):
-            yield ingest_pb2.CreateJobRequest(audio=data[i : i + CHUNK])
-
     ingest = ingest_pb2_grpc.IngestStub(stack.channel("ingest"))
-    return ingest.CreateJob(gen(), timeout=max(deadline - time.monotonic(), 1)).job
+    return harness_submit(ingest, data, timeout=max(deadline - time.monotonic(), 1), chunk=CHUNK)
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def get(results, job_id: str) -> jobs_pb2.Job:

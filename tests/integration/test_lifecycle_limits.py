@@ -26,8 +26,8 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from scribe_harness import FIXTURES, NatsServer, Stack, wait_for
 
-from conftest import FIXTURES, NatsServer, Stack
 from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc
 from scribe_libs.errors import error_info, status_details
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET
@@ -96,15 +96,6 @@ def job_ids(results) -> set[str]:
     return {j.job_id for j in results.ListJobs(results_pb2.ListJobsRequest(page_size=1000), timeout=30).jobs}
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def refused_while_streaming(stack, ingest_name: str, data: bytes, reason: str) -> None:

@@ -7,8 +7,8 @@ import time
 import urllib.request
 
 import pytest
+from scribe_harness import FIXTURES
 
-from conftest import FIXTURES
 from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc
 from scribe_libs.telemetry import setup_telemetry
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from scribe_harness import FIXTURES, wait_for
+from scribe_harness import submit as harness_submit
 
-from conftest import FIXTURES
-from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc, transcript_pb2
+from scribe.v1 import ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc
 from scribe_libs.bus import WORKER_HEARTBEAT_SECONDS, WORKER_TTL_SECONDS
 from scribe_libs.errors import error_info
 
@@ -46,13 +47,7 @@ def results(stack):
 
 
 def submit(ingest, path: Path, model: str = "", **spec) -> jobs_pb2.Job:
-    def requests():
-        yield ingest_pb2.CreateJobRequest(
-            spec=jobs_pb2.JobSpec(config=transcript_pb2.RecognitionConfig(model=model), filename=path.name, **spec)
-        )
-        yield ingest_pb2.CreateJobRequest(audio=path.read_bytes())
-
-    return ingest.CreateJob(requests(), timeout=60).job
+    return harness_submit(ingest, path, model=model, **spec)
 
 
 def final(results, job_id: str, timeout: float = 240) -> jobs_pb2.Job:
@@ -64,15 +59,6 @@ def workers(results) -> dict[str, object]:
     return {p.worker_id: p for p in results.ListWorkers(results_pb2.ListWorkersRequest(), timeout=10).workers}
 
 
-def wait_for(predicate, timeout: float, what: str):
-    """Poll ``predicate`` (every 0.2 s, bounded) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_two_workers_in_one_pool_share_the_jobs(stack, ingest, results):

@@ -14,12 +14,12 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from scribe_harness import FIXTURES
+from scribe_harness import submit as harness_submit
 
-from conftest import FIXTURES
 from scribe.v1 import (
     glossary_pb2,
     glossary_pb2_grpc,
-    ingest_pb2,
     ingest_pb2_grpc,
     jobs_pb2,
     results_pb2,
@@ -67,15 +67,7 @@ def put(glossaries, glossary: dict, expected_version: int | None = None) -> glos
 
 
 def submit(ingest, name: str, **spec) -> jobs_pb2.Job:
-    data = (FIXTURES / name).read_bytes()
-    spec = jobs_pb2.JobSpec(filename=name, config=F.RecognitionConfig(word_timestamps=True), **spec)
-
-    def requests():
-        yield ingest_pb2.CreateJobRequest(spec=spec)
-        for i in range(0, len(data), CHUNK):
-            yield ingest_pb2.CreateJobRequest(audio=data[i : i + CHUNK])
-
-    return ingest.CreateJob(requests(), timeout=60).job
+    return harness_submit(ingest, FIXTURES / name, word_timestamps=True, chunk=CHUNK, **spec)
 
 
 def finish(results, job_id: str) -> jobs_pb2.Job:

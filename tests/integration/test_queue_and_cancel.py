@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from scribe_harness import FIXTURES
+from scribe_harness import submit as harness_submit
 
-from conftest import FIXTURES
-from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc, transcript_pb2
+from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc
 from scribe_libs.errors import error_info
 from scribe_libs.jobs import AUDIO_BUCKET
 
@@ -22,14 +23,7 @@ def stack(stack_factory):
 
 
 def submit(stack, name: str) -> jobs_pb2.Job:
-    ingest = ingest_pb2_grpc.IngestStub(stack.channel("ingest"))
-    data = (FIXTURES / name).read_bytes()
-
-    def gen():
-        yield ingest_pb2.CreateJobRequest(spec=jobs_pb2.JobSpec(config=transcript_pb2.RecognitionConfig()))
-        yield ingest_pb2.CreateJobRequest(audio=data)
-
-    return ingest.CreateJob(gen(), timeout=60).job
+    return harness_submit(ingest_pb2_grpc.IngestStub(stack.channel("ingest")), (FIXTURES / name).read_bytes())
 
 
 def get(results, job_id: str) -> jobs_pb2.Job:

@@ -17,8 +17,8 @@ import grpc
 import numpy as np
 import pytest
 from google.rpc import error_details_pb2
+from scribe_harness import FIXTURES, wer
 
-from conftest import FIXTURES, wer
 from scribe.v1 import (
     jobs_pb2,
     results_pb2,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from scribe_harness import FIXTURES, SHARED_DATA, wer
 
-from conftest import FIXTURES, SHARED_DATA, wer
 from scribe.v1 import streaming_pb2, streaming_pb2_grpc
 from scribe_cli.stream import call_requests, load_call_audio
 
