@@ -30,14 +30,9 @@ from google.protobuf import json_format
 from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc, transcript_pb2
 from scribe_cli import detect, glossaries, stack, stream
 from scribe_libs.errors import error_info
+from scribe_libs.formats import FORMAT_NAMES
 
 CHUNK_BYTES = 1024 * 1024
-_FORMATS = {
-    "json": transcript_pb2.TRANSCRIPT_FORMAT_JSON,
-    "txt": transcript_pb2.TRANSCRIPT_FORMAT_TXT,
-    "srt": transcript_pb2.TRANSCRIPT_FORMAT_SRT,
-    "vtt": transcript_pb2.TRANSCRIPT_FORMAT_VTT,
-}
 S = jobs_pb2.JobState
 
 
@@ -129,7 +124,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     if job.state != S.JOB_STATE_COMPLETED:
         print(f"job {job_id} {_state(job)}: {job.error_reason} {job.error_message}".rstrip(), file=sys.stderr)
         return 1
-    transcript = results.GetTranscript(results_pb2.GetTranscriptRequest(job_id=job_id, format=_FORMATS[args.format]))
+    request = results_pb2.GetTranscriptRequest(job_id=job_id, format=FORMAT_NAMES[args.format])
+    transcript = results.GetTranscript(request)
     sys.stdout.write(transcript.content.decode("utf-8"))
     if not transcript.content.endswith(b"\n"):
         sys.stdout.write("\n")
@@ -237,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("transcribe", help="transcribe an audio file")
     p.add_argument("file")
-    p.add_argument("--format", choices=sorted(_FORMATS), default="txt")
+    p.add_argument("--format", choices=sorted(FORMAT_NAMES), default="txt")
     p.add_argument("--language", help="ISO 639-1 code, or auto (default)")
     p.add_argument("--model", help="model name (default: the pool's)")
     p.add_argument("--hotwords", help="comma-separated terms to bias decoding towards")

@@ -25,18 +25,16 @@ import av
 import numpy as np
 
 from scribe.v1 import streaming_pb2, streaming_pb2_grpc
-from scribe_libs.callaudio import encode_alaw, encode_linear16, encode_mulaw
+from scribe_libs.audio import WHISPER_SAMPLE_RATE
+from scribe_libs.callaudio import AudioEncoding, encode_call_audio, encoding_from_proto
 
 #: Audio per request, seconds.
 CHUNK_SECONDS = 0.1
-ENCODINGS = {
-    "linear16": (streaming_pb2.AUDIO_ENCODING_LINEAR16, 16000, 2),
-    "mulaw": (streaming_pb2.AUDIO_ENCODING_MULAW, 8000, 1),
-    "alaw": (streaming_pb2.AUDIO_ENCODING_ALAW, 8000, 1),
-}
+#: ``--encoding`` values: the AudioEncoding names in lower case.
+ENCODING_NAMES = tuple(e.value.lower() for e in AudioEncoding)
 
 
-def read_audio(path: Path, sample_rate: int = 16000, channels: int = 1) -> np.ndarray:
+def read_audio(path: Path, sample_rate: int = WHISPER_SAMPLE_RATE, channels: int = 1) -> np.ndarray:
     """Decode a file to float32 ``[n, channels]`` at ``sample_rate`` (mono files are duplicated).
 
     Raises:
@@ -65,24 +63,25 @@ def load_call_audio(path: Path, encoding: str = "linear16", channels: int = 1) -
         channels: 1, or 2 for the file's first two channels interleaved.
 
     Returns:
-        (bytes, the AudioEncoding enum value, sample rate in Hz).
+        (bytes, the ``scribe.v1.AudioEncoding`` value, sample rate in Hz).
+
+    Raises:
+        ValueError: ``encoding`` is not one of :data:`ENCODING_NAMES`.
     """
-    enum, rate, _ = ENCODINGS[encoding]
-    audio = read_audio(path, 16000, channels)
+    enc = AudioEncoding(encoding.upper())
+    audio = read_audio(path, WHISPER_SAMPLE_RATE, channels)
     samples = audio[:, 0] if channels == 1 else audio
-    if encoding == "linear16":
-        data = encode_linear16(samples)
-    elif encoding == "mulaw":
-        data = encode_mulaw(samples, 16000)
-    else:
-        data = encode_alaw(samples, 16000)
-    return data, enum, rate
+    data, rate = encode_call_audio(samples, enc, WHISPER_SAMPLE_RATE)
+    return data, enc.proto, rate
 
 
 def bytes_per_second(encoding: int, sample_rate: int, channels: int) -> int:
-    """Bytes of one second of call audio."""
-    width = 2 if encoding == streaming_pb2.AUDIO_ENCODING_LINEAR16 else 1
-    return width * sample_rate * channels
+    """Bytes of one second of call audio (``encoding``: a ``scribe.v1.AudioEncoding`` value).
+
+    Raises:
+        InvalidArgument: ``UNSUPPORTED_ENCODING`` for a value that is not a supported encoding.
+    """
+    return encoding_from_proto(encoding).bytes_per_sample * sample_rate * channels
 
 
 def call_requests(
@@ -172,7 +171,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("file")
     p.add_argument("--realtime", action="store_true", help="send at real-time pace (default: as fast as accepted)")
     p.add_argument("--channels", help="roles of the file's channels, e.g. agent,customer (two = stereo)")
-    p.add_argument("--encoding", choices=sorted(ENCODINGS), default="linear16",
+    p.add_argument("--encoding", choices=sorted(ENCODING_NAMES), default="linear16",
                    help="linear16 (16 kHz) or G.711 mulaw/alaw transcoded to 8 kHz")
     p.add_argument("--finals-only", action="store_true", help="print only the final text")
     p.add_argument("--language", help="ISO 639-1 code, or auto (default)")

@@ -14,8 +14,11 @@ import numpy as np
 
 from scribe_libs.errors import InvalidArgument
 
-#: Whisper's input rate, Hz (openai/whisper audio.py SAMPLE_RATE).
 WHISPER_SAMPLE_RATE = 16000
+"""Whisper's input sample rate, Hz: ``SAMPLE_RATE`` in openai/whisper ``whisper/audio.py``
+(faster-whisper's ``FeatureExtractor`` default too). Every decoder of the project produces mono
+float32 at this rate: files (:func:`decode_for_whisper`), call audio
+(:mod:`scribe_libs.callaudio`) and Decode windows (LINEAR16 at this rate)."""
 
 
 @dataclass(frozen=True)

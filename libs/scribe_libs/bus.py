@@ -4,7 +4,8 @@ Names (DESIGN.md, "Storage and messaging names"):
 
 - ``SCRIBE_JOBS``: work-queue stream, subjects ``scribe.jobs.<pool>``, one durable pull consumer
   per pool (``transcriber-<pool>``).
-- ``SCRIBE_POSTPROCESS``: work-queue stream, subject ``scribe.postprocess``.
+- ``SCRIBE_POSTPROCESS``: work-queue stream, subject ``scribe.postprocess``, one durable pull
+  consumer (``postprocess``).
 - ``SCRIBE_EVENTS``: limits stream, ``scribe.events.>``, messages kept one day.
 - KV buckets ``scribe_jobs`` (job records), ``scribe_workers`` (profiles, TTL),
   ``scribe_glossaries``.
@@ -29,6 +30,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
@@ -74,6 +78,10 @@ def event_subject(job_id: str, kind: str) -> str:
 def pool_consumer(pool: str) -> str:
     """Durable consumer name of ``pool``'s transcribers."""
     return f"transcriber-{pool}"
+
+
+#: Durable consumer name of the post-processors.
+POSTPROCESS_CONSUMER = "postprocess"
 
 
 @dataclass
@@ -148,24 +156,12 @@ async def declare(
     Job records expire ``retention_seconds`` after their last write (the ``scribe_jobs``
     bucket's TTL), so an expired job is NOT_FOUND everywhere.
     """
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=JOBS_STREAM,
-            subjects=["scribe.jobs.>"],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-        ),
-    )
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=POSTPROCESS_STREAM,
-            subjects=[POSTPROCESS_SUBJECT],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-        ),
-    )
+    for name, subject in ((JOBS_STREAM, "scribe.jobs.>"), (POSTPROCESS_STREAM, POSTPROCESS_SUBJECT)):
+        # Work queues: a message stays until a worker acks it (then it is gone).
+        await _ensure_stream(
+            js,
+            StreamConfig(name=name, subjects=[subject], retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE),
+        )
     await _ensure_stream(
         js,
         StreamConfig(
@@ -209,6 +205,45 @@ async def connect(settings: NatsSettings, name: str, *, retention_seconds: float
     js = nc.jetstream()
     jobs, workers, glossaries = await declare(js, retention_seconds)
     return Bus(nc=nc, js=js, jobs=jobs, workers=workers, glossaries=glossaries)
+
+
+async def pull_subscribe(
+    js: JetStreamContext,
+    subject: str,
+    *,
+    stream: str,
+    durable: str,
+    ack_wait_seconds: float,
+    max_deliver: int,
+    max_ack_pending: int | None = None,
+) -> JetStreamContext.PullSubscription:
+    """Bind to a work queue's durable pull consumer, creating it if it does not exist yet.
+
+    Every worker of the queue shares the consumer (one delivery per message among them). Its
+    configuration: explicit acks, delivery of everything in the stream, the message redelivered
+    ``ack_wait_seconds`` after its last ack / ``in_progress()`` if the worker went silent, at
+    most ``max_deliver`` deliveries (then JetStream's MAX_DELIVERIES advisory; the results
+    janitor fails the job). An existing consumer keeps the configuration it was created with
+    (nats-py binds to it as it is).
+
+    Args:
+        js: JetStream context.
+        subject: Filter subject, e.g. ``scribe.jobs.<pool>``.
+        stream: The stream, e.g. ``SCRIBE_JOBS``.
+        durable: Consumer name, e.g. :func:`pool_consumer` or :data:`POSTPROCESS_CONSUMER`.
+        ack_wait_seconds: Seconds without an ack or ``in_progress()`` before redelivery.
+        max_deliver: Deliveries of one message at most.
+        max_ack_pending: Messages delivered and not yet acked, at most; -1 for no limit, None
+            for the server's default (1000).
+    """
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=ack_wait_seconds,
+        max_deliver=max_deliver,
+        max_ack_pending=max_ack_pending,
+    )
+    return await js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
 
 
 async def consume(

@@ -4,7 +4,12 @@ A live call arrives as raw sample bytes with no container: ``LINEAR16`` (signed 
 little-endian PCM), ``MULAW`` or ``ALAW`` (ITU-T G.711, one byte per sample), at a fixed sample
 rate, with 1 or 2 interleaved channels (e.g. agent and customer on a stereo recording).
 :class:`CallAudioDecoder` turns such a byte stream, in chunks of any size, into one float32
-array per channel at 16 kHz (Whisper's rate, openai/whisper ``audio.py`` ``SAMPLE_RATE``).
+array per channel at 16 kHz (:data:`scribe_libs.audio.WHISPER_SAMPLE_RATE`).
+
+The encodings are one table (:class:`AudioEncoding`): each one's ``scribe.v1.AudioEncoding``
+value (:attr:`AudioEncoding.proto`, :func:`encoding_from_proto`) and its bytes per sample;
+:func:`decode_samples` turns bytes of any of them into float32, :func:`encode_call_audio` turns
+float32 back into what a call center sends.
 
 G.711 is decoded through 256-entry lookup tables and encoded with the segment search of the
 ITU-T G.711 reference algorithm (as in Sun Microsystems' public-domain ``g711.c``, which CPython's
@@ -28,10 +33,10 @@ from enum import StrEnum
 import av
 import numpy as np
 
+from scribe.v1 import streaming_pb2
+from scribe_libs.audio import WHISPER_SAMPLE_RATE
 from scribe_libs.errors import InvalidArgument
 
-#: Output rate of every decoder, Hz (Whisper's input rate).
-TARGET_SAMPLE_RATE = 16000
 #: Input rates accepted, Hz: telephony (8000), wideband (16000) and common studio rates.
 SUPPORTED_SAMPLE_RATES = (8000, 16000, 24000, 44100, 48000)
 #: Channel counts accepted (mono, or two interleaved channels such as agent/customer).
@@ -50,8 +55,44 @@ class AudioEncoding(StrEnum):
     ALAW = "ALAW"
     """G.711 A-law, 1 byte per sample (Europe, most of the world)."""
 
+    @property
+    def proto(self) -> streaming_pb2.AudioEncoding.ValueType:
+        """The ``scribe.v1.AudioEncoding`` value, e.g. ``AUDIO_ENCODING_MULAW``."""
+        return _ENCODINGS[self][0]
 
-_BYTES_PER_SAMPLE = {AudioEncoding.LINEAR16: 2, AudioEncoding.MULAW: 1, AudioEncoding.ALAW: 1}
+    @property
+    def bytes_per_sample(self) -> int:
+        """Bytes of one sample of one channel: 2 for LINEAR16, 1 for G.711."""
+        return _ENCODINGS[self][1]
+
+
+_ENCODINGS: dict[AudioEncoding, tuple[streaming_pb2.AudioEncoding.ValueType, int]] = {
+    # encoding: (scribe.v1.AudioEncoding value, bytes per sample)
+    AudioEncoding.LINEAR16: (streaming_pb2.AUDIO_ENCODING_LINEAR16, 2),
+    AudioEncoding.MULAW: (streaming_pb2.AUDIO_ENCODING_MULAW, 1),
+    AudioEncoding.ALAW: (streaming_pb2.AUDIO_ENCODING_ALAW, 1),
+}
+_FROM_PROTO = {proto: encoding for encoding, (proto, _) in _ENCODINGS.items()}
+
+
+def encoding_from_proto(value: int, field: str = "encoding") -> AudioEncoding:
+    """The encoding of a ``scribe.v1.AudioEncoding`` value (``StreamingConfig.encoding``).
+
+    Args:
+        value: The enum value as received (any int: proto3 keeps unknown values).
+        field: The request field, for the error (e.g. ``"config.encoding"``).
+
+    Raises:
+        InvalidArgument: ``UNSUPPORTED_ENCODING`` (field ``field``) for ``AUDIO_ENCODING_UNSPECIFIED``
+            or a value this version does not know.
+    """
+    try:
+        return _FROM_PROTO[value]
+    except KeyError:
+        names = [streaming_pb2.AudioEncoding.Name(proto) for proto in _FROM_PROTO]
+        raise InvalidArgument(
+            "UNSUPPORTED_ENCODING", f"{field} must be {', '.join(names[:-1])} or {names[-1]}", field=field
+        ) from None
 
 
 # --- G.711 (ITU-T Recommendation G.711, 1988; algorithm as in Sun's public-domain g711.c) -------
@@ -129,6 +170,32 @@ def float_to_int16(audio: np.ndarray) -> np.ndarray:
     return np.clip(np.round(audio * 32768.0), -32768, 32767).astype(np.int16)
 
 
+_TO_LINEAR16 = {AudioEncoding.MULAW: MULAW_TO_LINEAR16, AudioEncoding.ALAW: ALAW_TO_LINEAR16}
+
+
+def decode_samples(data: bytes, encoding: str = AudioEncoding.LINEAR16) -> np.ndarray:
+    """Raw sample bytes to float32 in [-1, 1) (int16 full scale: value / 32768).
+
+    Interleaved channels stay interleaved (reshape to ``[-1, channels]``); no resampling.
+
+    Args:
+        data: Whole samples: a multiple of the encoding's bytes per sample.
+        encoding: An :class:`AudioEncoding` (or its name); LINEAR16 when left out.
+
+    Returns:
+        float32 ``[len(data) // bytes_per_sample]``.
+
+    Raises:
+        ValueError: ``data`` ends inside a sample, or ``encoding`` is not an AudioEncoding.
+    """
+    encoding = AudioEncoding(encoding)
+    if encoding is AudioEncoding.LINEAR16:
+        pcm = np.frombuffer(data, dtype="<i2")
+    else:
+        pcm = _TO_LINEAR16[encoding][np.frombuffer(data, dtype=np.uint8)]
+    return pcm.astype(np.float32) / 32768.0
+
+
 # --- resampling -------------------------------------------------------------------------------
 
 
@@ -145,7 +212,7 @@ class StreamResampler:
         out_rate: Output sample rate, Hz.
     """
 
-    def __init__(self, in_rate: int, out_rate: int = TARGET_SAMPLE_RATE):
+    def __init__(self, in_rate: int, out_rate: int = WHISPER_SAMPLE_RATE):
         self.in_rate = in_rate
         self.out_rate = out_rate
         self._resampler = None if in_rate == out_rate else av.AudioResampler(format="flt", layout="mono", rate=out_rate)
@@ -176,7 +243,7 @@ class StreamResampler:
         return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.float32, copy=False)
 
 
-def resample(audio: np.ndarray, in_rate: int, out_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
+def resample(audio: np.ndarray, in_rate: int, out_rate: int = WHISPER_SAMPLE_RATE) -> np.ndarray:
     """Resample a whole mono float32 signal (one call of :class:`StreamResampler` plus flush)."""
     resampler = StreamResampler(in_rate, out_rate)
     return np.concatenate([resampler.process(audio), resampler.flush()])
@@ -246,7 +313,7 @@ class CallAudioDecoder:
         self.encoding = validate_format(encoding, sample_rate, channels, field_prefix)
         self.sample_rate = sample_rate
         self.channels = channels
-        self.frame_bytes = _BYTES_PER_SAMPLE[self.encoding] * channels
+        self.frame_bytes = self.encoding.bytes_per_sample * channels
         self._pending = b""
         self._resamplers = [StreamResampler(sample_rate) for _ in range(channels)]
         self.input_frames = 0
@@ -279,15 +346,7 @@ class CallAudioDecoder:
         self._pending = data[usable:]
         if usable == 0:
             return [np.zeros(0, dtype=np.float32) for _ in range(self.channels)]
-        raw = np.frombuffer(data[:usable], dtype=np.uint8)
-        if self.encoding is AudioEncoding.LINEAR16:
-            pcm = raw.view("<i2")
-        elif self.encoding is AudioEncoding.MULAW:
-            pcm = MULAW_TO_LINEAR16[raw]
-        else:
-            pcm = ALAW_TO_LINEAR16[raw]
-        samples = pcm.astype(np.float32) / 32768.0
-        frames = samples.reshape(-1, self.channels)
+        frames = decode_samples(data[:usable], self.encoding).reshape(-1, self.channels)
         self.input_frames += frames.shape[0]
         return [r.process(frames[:, c]) for c, r in enumerate(self._resamplers)]
 
@@ -333,3 +392,24 @@ def encode_mulaw(audio: np.ndarray, sample_rate: int) -> bytes:
 def encode_alaw(audio: np.ndarray, sample_rate: int) -> bytes:
     """Transcode audio to 8 kHz G.711 A-law bytes (see :func:`encode_mulaw`)."""
     return linear16_to_alaw(float_to_int16(_to_8k(audio, sample_rate))).tobytes()
+
+
+def encode_call_audio(audio: np.ndarray, encoding: str, sample_rate: int) -> tuple[bytes, int]:
+    """Audio as a call center sends it in ``encoding``: LINEAR16 at its own rate, G.711 at 8 kHz.
+
+    Args:
+        audio: float32 in [-1, 1], ``[n]`` (mono) or ``[n, channels]`` (interleaved on output).
+        encoding: An :class:`AudioEncoding` (or its name).
+        sample_rate: Rate of ``audio``, Hz.
+
+    Returns:
+        (the bytes, their sample rate in Hz: ``sample_rate`` for LINEAR16, 8000 for G.711).
+
+    Raises:
+        ValueError: ``encoding`` is not an AudioEncoding.
+    """
+    encoding = AudioEncoding(encoding)
+    if encoding is AudioEncoding.LINEAR16:
+        return encode_linear16(audio), sample_rate
+    encode = encode_mulaw if encoding is AudioEncoding.MULAW else encode_alaw
+    return encode(audio, sample_rate), G711_SAMPLE_RATE

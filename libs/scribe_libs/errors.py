@@ -211,22 +211,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_stream:
-            return grpc.stream_stream_rpc_method_handler(
-                _wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
-            )
+        for behaviour, make, wrap in (
+            (handler.unary_unary, grpc.unary_unary_rpc_method_handler, _wrap_unary),
+            (handler.stream_unary, grpc.stream_unary_rpc_method_handler, _wrap_unary),
+            (handler.unary_stream, grpc.unary_stream_rpc_method_handler, _wrap_stream),
+            (handler.stream_stream, grpc.stream_stream_rpc_method_handler, _wrap_stream),
+        ):
+            if behaviour:
+                return make(wrap(behaviour), handler.request_deserializer, handler.response_serializer)
         return handler
 
 

@@ -1,7 +1,9 @@
 """Transcript output formats: JSON, plain text, SubRip (SRT) and WebVTT.
 
 A ``scribe.v1.Transcript`` renders into each ``TranscriptFormat`` as UTF-8 bytes plus the HTTP
-content type to serve it with. Times in the proto are seconds (float); cue timestamps are
+content type to serve it with. This module holds the one table of formats: name (= file
+extension) -> enum value -> content type (:data:`FORMAT_NAMES`, :data:`CONTENT_TYPES`); every
+content type carries ``; charset=utf-8``. Times in the proto are seconds (float); cue timestamps are
 rounded half-up to the nearest millisecond on the decimal value of the float (so 59.9995 s is
 ``00:01:00,000``, never ``00:00:59,1000``), carrying into seconds, minutes and hours. Hours have
 at least two digits and grow as needed, so cues past 24 h (or 99 h) still render.
@@ -39,6 +41,7 @@ from scribe_libs.errors import InvalidArgument
 __all__ = [
     "CONTENT_TYPES",
     "FORMAT_NAMES",
+    "content_type",
     "format_name",
     "parse_format",
     "render",
@@ -50,21 +53,23 @@ __all__ = [
 
 TranscriptFormat = transcript_pb2.TranscriptFormat
 
-FORMAT_NAMES: dict[str, transcript_pb2.TranscriptFormat.ValueType] = {
-    "json": transcript_pb2.TRANSCRIPT_FORMAT_JSON,
-    "txt": transcript_pb2.TRANSCRIPT_FORMAT_TXT,
-    "srt": transcript_pb2.TRANSCRIPT_FORMAT_SRT,
-    "vtt": transcript_pb2.TRANSCRIPT_FORMAT_VTT,
-}
-"""Format names as users type them (and as file extensions) -> enum value."""
+_FORMATS: tuple[tuple[str, transcript_pb2.TranscriptFormat.ValueType, str], ...] = (
+    # (name = file extension, enum value, content type). Every one is UTF-8 text and says so:
+    # RFC 8259 makes JSON UTF-8 by definition (compliant readers ignore the parameter), but the
+    # other types' default charset is US-ASCII or unspecified, and a client that treats all four
+    # alike should not have to know which is which.
+    ("json", transcript_pb2.TRANSCRIPT_FORMAT_JSON, "application/json; charset=utf-8"),
+    ("txt", transcript_pb2.TRANSCRIPT_FORMAT_TXT, "text/plain; charset=utf-8"),
+    ("srt", transcript_pb2.TRANSCRIPT_FORMAT_SRT, "application/x-subrip; charset=utf-8"),  # de-facto type
+    ("vtt", transcript_pb2.TRANSCRIPT_FORMAT_VTT, "text/vtt; charset=utf-8"),  # IANA-registered
+)
 
-CONTENT_TYPES: dict[transcript_pb2.TranscriptFormat.ValueType, str] = {
-    transcript_pb2.TRANSCRIPT_FORMAT_JSON: "application/json",  # UTF-8 by definition (RFC 8259)
-    transcript_pb2.TRANSCRIPT_FORMAT_TXT: "text/plain; charset=utf-8",
-    transcript_pb2.TRANSCRIPT_FORMAT_SRT: "application/x-subrip; charset=utf-8",  # de-facto type
-    transcript_pb2.TRANSCRIPT_FORMAT_VTT: "text/vtt; charset=utf-8",  # IANA-registered
-}
-"""Content type each format is served and stored with."""
+FORMAT_NAMES: dict[str, transcript_pb2.TranscriptFormat.ValueType] = {name: fmt for name, fmt, _ in _FORMATS}
+"""Format names as users type them, which are also the file extensions -> enum value, in the
+order outputs are written (json, txt, srt, vtt)."""
+
+CONTENT_TYPES: dict[transcript_pb2.TranscriptFormat.ValueType, str] = {fmt: ctype for _, fmt, ctype in _FORMATS}
+"""Content type each format is stored and served with (``GetTranscriptResponse.content_type``)."""
 
 _MS_PER_HOUR = 3_600_000
 _MS_PER_MINUTE = 60_000
@@ -89,11 +94,29 @@ def parse_format(name: str) -> transcript_pb2.TranscriptFormat.ValueType:
 
 
 def format_name(fmt: transcript_pb2.TranscriptFormat.ValueType) -> str:
-    """The short name (also the file extension) of ``fmt``, e.g. ``"srt"``. Raises ``UNKNOWN_FORMAT``."""
-    for name, value in FORMAT_NAMES.items():
+    """The short name of ``fmt``, which is also its file extension, e.g. ``"srt"``.
+
+    Raises:
+        InvalidArgument: reason ``UNKNOWN_FORMAT``, field ``format``, for UNSPECIFIED or an
+            unknown value.
+    """
+    for name, value, _ in _FORMATS:
         if value == fmt:
             return name
     raise _unknown_format(fmt)
+
+
+def content_type(fmt: transcript_pb2.TranscriptFormat.ValueType) -> str:
+    """The content type ``fmt`` is stored and served with, e.g. ``"text/vtt; charset=utf-8"``.
+
+    Raises:
+        InvalidArgument: reason ``UNKNOWN_FORMAT``, field ``format``, for UNSPECIFIED or an
+            unknown value.
+    """
+    try:
+        return CONTENT_TYPES[fmt]
+    except KeyError:
+        raise _unknown_format(fmt) from None
 
 
 def _millis(seconds: float) -> int:
@@ -240,4 +263,4 @@ def render(transcript: Transcript, fmt: transcript_pb2.TranscriptFormat.ValueTyp
         content = _render_vtt(transcript).encode("utf-8")
     else:
         raise _unknown_format(fmt)
-    return content, CONTENT_TYPES[fmt]
+    return content, content_type(fmt)

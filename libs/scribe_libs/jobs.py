@@ -57,17 +57,25 @@ EVENT_KINDS = {
 
 
 def audio_key(job_id: str) -> str:
-    """Key of a job's original audio in AUDIO_BUCKET."""
+    """Key of a job's original audio in AUDIO_BUCKET: ``<job_id>/original``."""
     return f"{job_id}/original"
 
 
-def raw_transcript_key(job_id: str) -> str:
-    """Key of the transcriber's raw transcript (json) in RESULTS_BUCKET."""
-    return f"{job_id}/raw.json"
+def raw_transcript_key(job_id: str, extension: str = "json") -> str:
+    """Key of the raw (as decoded) transcript in one format in RESULTS_BUCKET: ``<job_id>/raw.<extension>``.
+
+    ``raw.json`` is what the transcriber (or the stream gateway) writes; postprocess renders it
+    beside it as ``raw.txt``, ``raw.srt`` and ``raw.vtt`` (``GetTranscript(raw=true)``).
+    """
+    return f"{job_id}/raw.{extension}"
 
 
 def transcript_key(job_id: str, extension: str) -> str:
-    """Key of the final transcript in one format (``json``, ``txt``, ``srt``, ``vtt``) in RESULTS_BUCKET."""
+    """Key of the final transcript in one format in RESULTS_BUCKET: ``<job_id>/transcript.<extension>``.
+
+    ``extension`` is a format name of :data:`scribe_libs.formats.FORMAT_NAMES` (``json``, ``txt``,
+    ``srt``, ``vtt``).
+    """
     return f"{job_id}/transcript.{extension}"
 
 

@@ -324,7 +324,22 @@ def _atomic_write(target: Path, write: Callable[[IO[bytes]], int]) -> int:
     return written
 
 
-class LocalStore:
+class _ExistsFromStat:
+    """``exists`` for a store that has ``stat``: an object exists when ``stat`` finds it."""
+
+    async def stat(self, bucket: str, key: str) -> ObjectInfo:  # pragma: no cover - the store's own
+        raise NotImplementedError
+
+    async def exists(self, bucket: str, key: str) -> bool:
+        """Whether the object exists (``stat`` did not raise ``ObjectNotFound``)."""
+        try:
+            await self.stat(bucket, key)
+        except ObjectNotFound:
+            return False
+        return True
+
+
+class LocalStore(_ExistsFromStat):
     """Objects as files under ``<root>/<bucket>/<key>`` (embedded single-machine mode).
 
     Writes are atomic (temp file in the same directory, fsync, ``os.replace``). A bucket's expiry
@@ -528,14 +543,6 @@ class LocalStore:
         """Size and mtime (UTC). Raises ``ObjectNotFound``."""
         return await asyncio.to_thread(self._stat, bucket, key)
 
-    async def exists(self, bucket: str, key: str) -> bool:
-        """Whether the object exists."""
-        try:
-            await self.stat(bucket, key)
-        except ObjectNotFound:
-            return False
-        return True
-
     async def delete(self, bucket: str, key: str) -> None:
         """Remove the object and any directories it leaves empty; missing is fine."""
         await asyncio.to_thread(self._delete, bucket, key)
@@ -577,7 +584,7 @@ def _check_expiry(expiry_days: float) -> None:
 # --- S3 / MinIO -------------------------------------------------------------------------------
 
 
-class S3Store:
+class S3Store(_ExistsFromStat):
     """Objects in MinIO or any S3-protocol server, through the ``minio`` client (thread-safe).
 
     Args:
@@ -742,14 +749,6 @@ class S3Store:
         check_bucket(bucket)
         check_key(key)
         return await self._run(self._stat, bucket, key, bucket=bucket, key=key)
-
-    async def exists(self, bucket: str, key: str) -> bool:
-        """Whether the object exists."""
-        try:
-            await self.stat(bucket, key)
-        except ObjectNotFound:
-            return False
-        return True
 
     async def delete(self, bucket: str, key: str) -> None:
         """Remove the object; missing object or bucket is fine."""

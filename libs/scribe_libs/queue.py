@@ -116,20 +116,39 @@ def pool_rtf(profiles: list[transcriber_pb2.WorkerProfile]) -> float:
 
 
 def eta_queued(view: QueueView, job_audio_seconds: float, rtf: float, workers: int) -> float:
-    """Seconds until a queued job's transcript exists.
+    """Seconds until a queued job's transcript exists (``Job.eta_seconds`` while QUEUED).
 
-    ``(waiting audio ahead + RUNNING_REMAINING_FRACTION x running audio + own audio) x RTF /
-    max(workers, 1)``: the pool's workers share the backlog; the job's own decode follows it.
+    ``(audio ahead + RUNNING_REMAINING_FRACTION x running audio) x RTF / max(workers, 1) + own
+    audio x RTF``: the pool's live workers drain the backlog in parallel (a running job is taken
+    as half done), then one of them decodes this job. With no live worker the ETA is the one a
+    single worker would give once it starts (finite, so the queue order still shows), not infinity.
+
+    Args:
+        view: The job's place in its pool's queue (:func:`queue_view`).
+        job_audio_seconds: The job's own audio duration, seconds.
+        rtf: The pool's real-time factor (processing seconds / audio seconds; :func:`pool_rtf`).
+        workers: Live workers of the pool (0 counts as 1).
+
+    Returns:
+        Seconds, >= 0 for non-negative inputs.
     """
     backlog = view.audio_seconds_ahead + RUNNING_REMAINING_FRACTION * view.running_audio_seconds
     return (backlog * rtf) / max(workers, 1) + job_audio_seconds * rtf
 
 
 def eta_running(job: jobs_pb2.Job, now_seconds: float, rtf: float) -> float:
-    """Seconds until a running job finishes decoding.
+    """Seconds until a running job finishes decoding (``Job.eta_seconds`` while RUNNING).
 
-    From the job's own observed rate once it has progress (elapsed / processed x remaining),
-    else from the pool RTF.
+    From the job's own observed rate once it has progress (elapsed / processed seconds x
+    remaining audio seconds), else remaining audio seconds x the pool's RTF.
+
+    Args:
+        job: The record: ``audio_duration`` and ``processed_seconds`` (seconds), ``start_time``.
+        now_seconds: Current time, Unix seconds (a start time after it counts as no time elapsed).
+        rtf: The pool's real-time factor, used before the job has progress.
+
+    Returns:
+        Seconds, >= 0.
     """
     remaining = max(job.audio_duration - job.processed_seconds, 0.0)
     if job.processed_seconds > 0 and job.HasField("start_time"):

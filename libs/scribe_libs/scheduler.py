@@ -14,8 +14,9 @@ Formulas (seconds; RTF = processing seconds / audio seconds, lower is faster):
 * expected completion = expected wait + job audio seconds x RTF: the job itself runs on one
   worker. Pools are ranked by completion, then by name; with ``job_audio_seconds=0`` this is the
   ranking by expected wait alone.
-* ETA of a queued job (:func:`eta_seconds`) = audio seconds ahead of it x RTF / live workers +
-  its own audio seconds x RTF.
+
+The ETA a user is shown for a job already in a queue is :func:`scribe_libs.queue.eta_queued`
+(and :func:`~scribe_libs.queue.eta_running`), from the queue itself rather than from a PoolView.
 """
 
 from __future__ import annotations
@@ -146,20 +147,6 @@ def expected_wait_seconds(backlog_audio_seconds: float, rtf: float, live_workers
     if live_workers <= 0:
         return NO_LIVE_WORKER_WAIT_SECONDS + drain
     return drain / live_workers
-
-
-def eta_seconds(audio_seconds_ahead: float, job_audio_seconds: float, rtf: float, live_workers: int) -> float:
-    """Seconds until a queued job is transcribed: ahead x RTF / live workers + own audio x RTF.
-
-    Args:
-        audio_seconds_ahead: Audio seconds of the jobs before it in its pool's queue (and running).
-        job_audio_seconds: The job's own audio duration.
-        rtf: The pool's real-time factor.
-        live_workers: Live workers of the pool; 0 gives ``float("inf")`` (no ETA can be given).
-    """
-    if live_workers <= 0:
-        return float("inf")
-    return audio_seconds_ahead * rtf / live_workers + job_audio_seconds * rtf
 
 
 def _describe(pools: Sequence[PoolView]) -> str:

@@ -168,3 +168,62 @@ def test_unsupported_formats_are_invalid_arguments(args, reason, field):
     assert info.value.reason == reason
     assert info.value.field == field
     assert info.value.to_status().code == 3  # INVALID_ARGUMENT
+
+
+# --- the one encoding table ----------------------------------------------------------------------
+
+
+def test_encoding_table_maps_the_proto_enum_and_sample_widths():
+    from scribe.v1 import streaming_pb2
+
+    table = {e: (e.proto, e.bytes_per_sample) for e in ca.AudioEncoding}
+    assert table == {
+        ca.AudioEncoding.LINEAR16: (streaming_pb2.AUDIO_ENCODING_LINEAR16, 2),
+        ca.AudioEncoding.MULAW: (streaming_pb2.AUDIO_ENCODING_MULAW, 1),
+        ca.AudioEncoding.ALAW: (streaming_pb2.AUDIO_ENCODING_ALAW, 1),
+    }
+    for encoding in ca.AudioEncoding:
+        assert ca.encoding_from_proto(encoding.proto) is encoding
+        assert encoding == encoding.value  # a str enum: equal to its name
+
+
+@pytest.mark.parametrize("value", [0, 7])  # AUDIO_ENCODING_UNSPECIFIED, and a value of a newer proto
+def test_unknown_proto_encoding_is_unsupported(value):
+    with pytest.raises(InvalidArgument) as info:
+        ca.encoding_from_proto(value, field="config.encoding")
+    assert (info.value.reason, info.value.field) == ("UNSUPPORTED_ENCODING", "config.encoding")
+    assert info.value.message == (
+        "config.encoding must be AUDIO_ENCODING_LINEAR16, AUDIO_ENCODING_MULAW or AUDIO_ENCODING_ALAW"
+    )
+
+
+def test_linear16_bytes_decode_to_float_full_scale_32768():
+    pcm = np.array([0, 1, -1, 16384, -32768, 32767], dtype="<i2")
+    out = ca.decode_samples(pcm.tobytes())
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [0.0, 1 / 32768, -1 / 32768, 0.5, -1.0, 32767 / 32768])
+    np.testing.assert_array_equal(ca.decode_samples(pcm.tobytes(), "LINEAR16"), out)
+    with pytest.raises(ValueError):
+        ca.decode_samples(b"\x00\x01\x02")  # ends inside a sample
+
+
+def test_g711_bytes_decode_through_the_tables():
+    codes = np.arange(256, dtype=np.uint8).tobytes()
+    np.testing.assert_array_equal(ca.decode_samples(codes, "MULAW"), ca.MULAW_TO_LINEAR16 / np.float32(32768))
+    np.testing.assert_array_equal(ca.decode_samples(codes, "ALAW"), ca.ALAW_TO_LINEAR16 / np.float32(32768))
+
+
+@pytest.mark.parametrize(("encoding", "rate", "width"), [("LINEAR16", 16000, 2), ("MULAW", 8000, 1), ("ALAW", 8000, 1)])
+def test_call_audio_is_encoded_at_the_rate_a_call_center_sends(encoding, rate, width):
+    audio = _sine(440.0, 16000, 1.0)
+    data, out_rate = ca.encode_call_audio(audio, encoding, 16000)
+    assert out_rate == rate and len(data) == rate * width
+    back = np.concatenate(ca.CallAudioDecoder(encoding, out_rate).decode(data))
+    assert back.size > 0.99 * 16000
+
+
+def test_whisper_sample_rate_is_16_khz():
+    from scribe_libs.audio import WHISPER_SAMPLE_RATE
+
+    assert WHISPER_SAMPLE_RATE == 16000  # openai/whisper audio.py SAMPLE_RATE
+    assert ca.StreamResampler(8000).out_rate == WHISPER_SAMPLE_RATE

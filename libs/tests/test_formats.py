@@ -13,7 +13,9 @@ from scribe.v1 import transcript_pb2
 from scribe.v1.transcript_pb2 import Segment, Transcript, Word
 from scribe_libs.errors import InvalidArgument
 from scribe_libs.formats import (
+    CONTENT_TYPES,
     FORMAT_NAMES,
+    content_type,
     format_name,
     parse_format,
     render,
@@ -101,7 +103,7 @@ def test_json() -> None:
                           words=[Word(start=0.0, end=2.5, word=" 안녕", probability=0.75)])],
     )
     content, content_type = render(transcript, JSON)
-    assert content_type == "application/json"
+    assert content_type == "application/json; charset=utf-8"
     text = content.decode("utf-8")
     assert text.endswith("}\n") and '\n  "job_id": "job-1",\n' in text  # indent 2
     assert '"text": " 안녕"' in text  # Korean written as is, not \\u-escaped
@@ -285,6 +287,28 @@ def test_format_names() -> None:
     assert parse_format("SRT") == SRT
     assert parse_format(" vtt ") == VTT
     assert [format_name(f) for f in (JSON, TXT, SRT, VTT)] == ["json", "txt", "srt", "vtt"]
+
+
+def test_the_one_format_table_gives_every_text_type_a_utf8_charset() -> None:
+    # What postprocess stores each object with and what GetTranscript serves (the one table).
+    assert CONTENT_TYPES == {
+        JSON: "application/json; charset=utf-8",
+        TXT: "text/plain; charset=utf-8",
+        SRT: "application/x-subrip; charset=utf-8",
+        VTT: "text/vtt; charset=utf-8",
+    }
+    for name, fmt in FORMAT_NAMES.items():
+        assert content_type(fmt) == CONTENT_TYPES[fmt] == render(small_transcript(), fmt)[1]
+        assert format_name(fmt) == name
+    assert list(FORMAT_NAMES) == ["json", "txt", "srt", "vtt"]  # the order outputs are written in
+
+
+@pytest.mark.parametrize("fmt", [transcript_pb2.TRANSCRIPT_FORMAT_UNSPECIFIED, 99])
+def test_unknown_format_has_no_name_or_content_type(fmt: int) -> None:
+    for lookup in (format_name, content_type):
+        with pytest.raises(InvalidArgument) as err:
+            lookup(fmt)
+        assert (err.value.reason, err.value.field) == ("UNKNOWN_FORMAT", "format")
 
 
 @pytest.mark.parametrize("name", ["", "docx", "TRANSCRIPT_FORMAT_SRT", "s rt"])

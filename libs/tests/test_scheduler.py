@@ -12,7 +12,6 @@ from scribe_libs.scheduler import (
     NO_LIVE_WORKER_WAIT_SECONDS,
     PoolView,
     choose_pool,
-    eta_seconds,
     expected_wait_seconds,
     pools_from,
 )
@@ -38,8 +37,6 @@ def test_formulas():
     assert expected_wait_seconds(600.0, 0.1, 3) == pytest.approx(20.0)
     assert expected_wait_seconds(0.0, 0.1, 3) == 0.0
     assert expected_wait_seconds(600.0, 0.1, 0) == pytest.approx(NO_LIVE_WORKER_WAIT_SECONDS + 60.0)
-    assert eta_seconds(600.0, 120.0, 0.1, 3) == pytest.approx(20.0 + 12.0)
-    assert eta_seconds(600.0, 120.0, 0.1, 0) == math.inf
 
 
 def test_pools_from_keeps_live_profiles_averages_rtf_and_keeps_configured_pools():

@@ -51,7 +51,7 @@ from scribe_libs.devices.probe import (
     nvml_handle,
     select_device,
 )
-from scribe_libs.devices.profile import LABEL_VALUE, kubernetes_labels, label_value, profile_from
+from scribe_libs.devices.profile import LABEL_VALUE, RealtimeServing, kubernetes_labels, label_value, profile_from
 
 __all__ = [
     "COMPUTE_TYPES",
@@ -76,6 +76,7 @@ __all__ = [
     "Measure",
     "MiB",
     "ModelSpec",
+    "RealtimeServing",
     "RecordedProbe",
     "Selection",
     "SystemProbe",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 
 from google.protobuf import json_format
 
@@ -13,9 +14,29 @@ from scribe_libs.devices.memory import GiB
 from scribe_libs.devices.probe import DeviceFacts
 
 
+@dataclass(frozen=True)
+class RealtimeServing:
+    """What a worker's streaming decoder (``Transcriber.Decode``) advertises in its profile.
+
+    ``RealtimeServing()`` is a worker that does not serve live windows (yet): capacity 0.
+
+    Attributes:
+        capacity: Live sessions the worker carries (``WorkerProfile.realtime_capacity``).
+        sessions: Live sessions now (``realtime_sessions``).
+        window_cost_seconds: Device seconds one window batch costs, as measured at start (0 when
+            the capacity was configured rather than measured); rounded to 0.1 ms in the profile.
+        reason: The line of ``decisions`` that says how the capacity was reached ("" for none).
+    """
+
+    capacity: int = 0
+    sessions: int = 0
+    window_cost_seconds: float = 0.0
+    reason: str = ""
+
+
 def profile_from(
-    decision: Decision,
-    facts: DeviceFacts,
+    decision: Decision | None,
+    facts: DeviceFacts | None,
     *,
     worker_id: str,
     pool: str,
@@ -28,14 +49,23 @@ def profile_from(
     current_load: int = 0,
     real_time_factor: float = 0.0,
     memory_models_bytes: int | None = None,
+    compute_type_requested: str = "",
+    selection_reason: str = "",
+    not_ready_reason: str = "",
+    realtime: RealtimeServing | None = None,
 ) -> transcriber_pb2.WorkerProfile:
-    """The ``WorkerProfile`` a worker advertises.
+    """The ``WorkerProfile`` a worker advertises (the one builder of it).
 
     ``decisions`` lists the decision's steps, then its warnings not already among them (prefixed
-    ``warning:``), then ``not ready: <reason>`` when it is not ready.
+    ``warning:``), then ``not ready: <reason>`` when it is not ready, then ``realtime.reason``.
+
+    Before the device is decided (``decision`` or ``facts`` is None) the profile has the worker's
+    identity, ``compute_type_requested`` and ``decisions`` = ``[selection_reason]`` (when given)
+    plus ``not ready: <not_ready_reason>`` or ``starting: probing the device``; device, memory,
+    models and capacities are empty.
 
     Args:
-        decision: From :func:`decide` (or :func:`oom_downgrade`).
+        decision: From :func:`decide` (or :func:`oom_downgrade`); None before it is made.
         facts: The device the decision is for (after a CPU fall-back: the CPU facts).
         worker_id: Unique worker id (the ``scribe_workers`` key).
         pool: Pool the worker takes jobs from.
@@ -47,42 +77,69 @@ def profile_from(
         update_time: Profile time, Unix seconds; unset when ``None``.
         current_load: Jobs running now.
         real_time_factor: Measured processing seconds / audio seconds (0 before the first job).
-        memory_models_bytes: What the loaded models take as the worker measured them; the
+        memory_models_bytes: What the loaded models take as the worker measured them, bytes; the
             decision's figure when ``None``.
+        compute_type_requested: As configured; used only before the decision (which has its own).
+        selection_reason: Why this device; used only before the decision (its steps start with it).
+        not_ready_reason: Why the worker cannot serve although the decision is ready (e.g. the
+            engine failed to start): appended as ``not ready: <reason>`` and ``models_loaded``
+            left empty. A decision that is not ready brings its own reason.
+        realtime: The streaming decoder's figures; None keeps the decision's planned
+            ``realtime_capacity`` (windows that fit in memory) and no sessions.
     """
-    decisions = list(decision.steps)
-    decisions += [f"warning: {w}" for w in decision.warnings if w not in decision.steps]
-    if not decision.ready:
-        decisions.append(f"not ready: {decision.not_ready_reason}")
-    models_bytes = decision.memory_models_bytes if memory_models_bytes is None else memory_models_bytes
     profile = transcriber_pb2.WorkerProfile(
-        worker_id=worker_id,
-        pod=pod,
-        node=node,
-        pool=pool,
-        device=facts.device,
-        gpu_name=facts.gpu_name,
-        compute_capability=".".join(map(str, facts.compute_capability)) if facts.compute_capability else "",
-        memory_total_bytes=max(0, facts.memory_total_bytes),
-        memory_free_bytes=max(0, facts.memory_free_bytes),
-        memory_used_by_models_bytes=max(0, models_bytes),
-        compute_type_requested=decision.compute_type_requested,
-        compute_type_effective=decision.compute_type_effective,
-        models_loaded=decision.resident_models if decision.ready else [],
-        batch_capacity=decision.batch_capacity,
-        realtime_capacity=decision.realtime_capacity,
-        current_load=max(0, current_load),
-        real_time_factor=max(0.0, real_time_factor),
-        endpoint=endpoint,
-        version=version,
-        cpu_cores=facts.cpu_cores,
-        decisions=decisions,
+        worker_id=worker_id, pod=pod, node=node, pool=pool, endpoint=endpoint, version=version
     )
+    if decision is None or facts is None:
+        status = f"not ready: {not_ready_reason}" if not_ready_reason else "starting: probing the device"
+        profile.compute_type_requested = compute_type_requested
+        profile.decisions.extend([*([selection_reason] if selection_reason else []), status])
+    else:
+        _fill_decided(profile, decision, facts, current_load, real_time_factor, memory_models_bytes)
+        if not_ready_reason and decision.ready:
+            profile.decisions.append(f"not ready: {not_ready_reason}")
+            del profile.models_loaded[:]
+    if realtime is not None:
+        profile.realtime_capacity = max(0, realtime.capacity)
+        profile.realtime_sessions = max(0, realtime.sessions)
+        profile.realtime_window_cost_seconds = round(realtime.window_cost_seconds, 4)
+        if realtime.reason:
+            profile.decisions.append(realtime.reason)
     if start_time is not None:
         profile.start_time.FromNanoseconds(int(start_time * 1e9))
     if update_time is not None:
         profile.update_time.FromNanoseconds(int(update_time * 1e9))
     return profile
+
+
+def _fill_decided(
+    profile: transcriber_pb2.WorkerProfile,
+    decision: Decision,
+    facts: DeviceFacts,
+    current_load: int,
+    real_time_factor: float,
+    memory_models_bytes: int | None,
+) -> None:
+    """The device, memory, models, capacities and decisions of a decided worker."""
+    models_bytes = decision.memory_models_bytes if memory_models_bytes is None else memory_models_bytes
+    profile.device = facts.device
+    profile.gpu_name = facts.gpu_name
+    profile.compute_capability = ".".join(map(str, facts.compute_capability)) if facts.compute_capability else ""
+    profile.memory_total_bytes = max(0, facts.memory_total_bytes)
+    profile.memory_free_bytes = max(0, facts.memory_free_bytes)
+    profile.memory_used_by_models_bytes = max(0, models_bytes)
+    profile.compute_type_requested = decision.compute_type_requested
+    profile.compute_type_effective = decision.compute_type_effective
+    profile.models_loaded.extend(decision.resident_models if decision.ready else [])
+    profile.batch_capacity = decision.batch_capacity
+    profile.realtime_capacity = decision.realtime_capacity
+    profile.current_load = max(0, current_load)
+    profile.real_time_factor = max(0.0, real_time_factor)
+    profile.cpu_cores = facts.cpu_cores
+    profile.decisions.extend(decision.steps)
+    profile.decisions.extend(f"warning: {w}" for w in decision.warnings if w not in decision.steps)
+    if not decision.ready:
+        profile.decisions.append(f"not ready: {decision.not_ready_reason}")
 
 
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9_.-]+")

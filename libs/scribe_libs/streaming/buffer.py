@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scribe_libs.callaudio import TARGET_SAMPLE_RATE
+from scribe_libs.audio import WHISPER_SAMPLE_RATE
 
 
 class AudioBuffer:
@@ -25,7 +25,7 @@ class AudioBuffer:
     call length.
     """
 
-    def __init__(self, sample_rate: int = TARGET_SAMPLE_RATE, max_seconds: float = 60.0):
+    def __init__(self, sample_rate: int = WHISPER_SAMPLE_RATE, max_seconds: float = 60.0):
         self.sample_rate = sample_rate
         self.capacity = int(max_seconds * sample_rate)
         self._data = np.zeros(self.capacity, dtype=np.float32)

@@ -61,7 +61,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scribe_libs.callaudio import TARGET_SAMPLE_RATE, CallAudioDecoder
+from scribe_libs.audio import WHISPER_SAMPLE_RATE
+from scribe_libs.callaudio import CallAudioDecoder
 from scribe_libs.streaming.buffer import AudioBuffer
 from scribe_libs.streaming.policy import LocalAgreementPolicy
 from scribe_libs.streaming.types import Result, SpeechEvent, SpeechEventType, Word
@@ -154,7 +155,7 @@ class ChannelStream:
         self.vad = StreamingVad(self.config.vad, session=vad_session, channel=channel)
         self.policy = LocalAgreementPolicy(channel)
         # Capacity: the cap plus one slice and a margin; reaching it would be a bug (OverflowError).
-        self.buffer = AudioBuffer(TARGET_SAMPLE_RATE, self.config.max_buffer_s + 5.0)
+        self.buffer = AudioBuffer(WHISPER_SAMPLE_RATE, self.config.max_buffer_s + 5.0)
         self._pad = self.config.vad.speech_pad_ms / 1000
         self._last_decode_end = 0.0
         self._finals_due: deque[_Job] = deque()
@@ -256,7 +257,7 @@ class ChannelStream:
 
     async def _push_slice(self, samples: np.ndarray) -> None:
         cfg = self.config
-        if self.buffer.duration + len(samples) / TARGET_SAMPLE_RATE > cfg.max_buffer_s and self._task is not None:
+        if self.buffer.duration + len(samples) / WHISPER_SAMPLE_RATE > cfg.max_buffer_s and self._task is not None:
             await self._settle()  # backpressure: the decode in flight decides where to cut
         self.buffer.append(samples)
         self.max_buffer_seen = max(self.max_buffer_seen, self.buffer.duration)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scribe_libs.callaudio import TARGET_SAMPLE_RATE
+from scribe_libs.audio import WHISPER_SAMPLE_RATE
 from scribe_libs.streaming.types import SpeechEvent, SpeechEventType
 
 #: Silero's frame at 16 kHz, samples (32 ms) and the context it prepends to each frame.
@@ -90,7 +90,7 @@ class StreamingVad:
     @property
     def processed_time(self) -> float:
         """Stream time (s) up to which audio has been classified."""
-        return self._frames * FRAME_SAMPLES / TARGET_SAMPLE_RATE
+        return self._frames * FRAME_SAMPLES / WHISPER_SAMPLE_RATE
 
     @property
     def in_speech(self) -> bool:
@@ -106,7 +106,7 @@ class StreamingVad:
     def speech_start(self) -> float | None:
         """Start (s) of the current speech, confirmed or candidate; None in silence."""
         frame = self._speech_start if self._speech_start is not None else self._candidate
-        return None if frame is None else frame * FRAME_SAMPLES / TARGET_SAMPLE_RATE
+        return None if frame is None else frame * FRAME_SAMPLES / WHISPER_SAMPLE_RATE
 
     @property
     def pause_start(self) -> float | None:
@@ -116,7 +116,7 @@ class StreamingVad:
         """
         if self._speech_start is None or self._silence_start is None:
             return None
-        return self._silence_start * FRAME_SAMPLES / TARGET_SAMPLE_RATE
+        return self._silence_start * FRAME_SAMPLES / WHISPER_SAMPLE_RATE
 
     def probabilities(self, samples: np.ndarray) -> np.ndarray:
         """Run the model on the complete frames of ``pending + samples``; returns one probability per frame."""
@@ -143,7 +143,7 @@ class StreamingVad:
         """
         events: list[SpeechEvent] = []
         cfg = self.config
-        frame_s = FRAME_SAMPLES / TARGET_SAMPLE_RATE
+        frame_s = FRAME_SAMPLES / WHISPER_SAMPLE_RATE
         min_speech = max(1, int(np.ceil(cfg.min_speech_ms / 1000 / frame_s)))
         endpoint = max(1, int(np.ceil(cfg.endpointing_ms / 1000 / frame_s)))
         for p in self.probabilities(samples):
@@ -173,4 +173,4 @@ class StreamingVad:
         return events
 
     def _event(self, kind: SpeechEventType, frame: int) -> SpeechEvent:
-        return SpeechEvent(kind, frame * FRAME_SAMPLES / TARGET_SAMPLE_RATE, self.channel)
+        return SpeechEvent(kind, frame * FRAME_SAMPLES / WHISPER_SAMPLE_RATE, self.channel)

@@ -1,13 +1,14 @@
 """The post-processing loop: raw transcript in, final outputs out, job COMPLETED.
 
 Consumes ``scribe.postprocess`` (work-queue stream SCRIBE_POSTPROCESS) with the durable
-consumer ``postprocess``. For each message: read ``<job_id>/raw.json`` from ``scribe-results``,
-run the text pass (:mod:`scribe_postprocess.transform`: pinned glossaries, global rules,
-redaction when ``spec.redact``, confidence flags, optional LLM pass), write
+consumer ``postprocess`` (:data:`scribe_libs.bus.POSTPROCESS_CONSUMER`). For each message: read
+``<job_id>/raw.json`` from ``scribe-results``, run the text pass
+(:mod:`scribe_postprocess.transform`: pinned glossaries, global rules, redaction when
+``spec.redact``, confidence flags, optional LLM pass), write
 ``<job_id>/transcript.{json,txt,srt,vtt}`` (post-processed) and ``<job_id>/raw.{txt,srt,vtt}``
-(as decoded, beside raw.json; ``GetTranscript(raw=true)`` serves them), then mark the job
-COMPLETED (compare-and-set) and ack. A redelivery rewrites the same keys. The service exposes
-gRPC health only.
+(as decoded, beside raw.json; ``GetTranscript(raw=true)`` serves them), each with its content type
+from :mod:`scribe_libs.formats`, then mark the job COMPLETED (compare-and-set) and ack. A
+redelivery rewrites the same keys. The service exposes gRPC health only.
 
 Redaction: the transcriber redacts before writing raw.json, so clear text never reaches the
 object store. Should a raw.json of a redacted job arrive unredacted anyway (a transcriber of an
@@ -21,14 +22,13 @@ import contextlib
 import logging
 
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
 from opentelemetry import trace
 
 from scribe.v1 import jobs_pb2, transcript_pb2
 from scribe_libs import bus as busmod
-from scribe_libs.formats import render, transcript_from_json, transcript_to_json
+from scribe_libs.formats import FORMAT_NAMES, render, transcript_from_json
 from scribe_libs.glossaries import GlossaryStore
-from scribe_libs.jobs import RESULTS_BUCKET, JobNotFound, JobStore, is_terminal, transcript_key
+from scribe_libs.jobs import RESULTS_BUCKET, JobNotFound, JobStore, is_terminal, raw_transcript_key, transcript_key
 from scribe_libs.logs import job_context
 from scribe_libs.objectstore import ObjectNotFound, ObjectStore, open_store
 from scribe_libs.server import GrpcServer, start_grpc_server
@@ -42,15 +42,6 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 S = jobs_pb2.JobState
-CONSUMER = "postprocess"
-#: Job.flag_summary is proposed for jobs.proto (owned elsewhere); set it once it exists.
-#: Every format written, with its file extension.
-OUTPUTS = {
-    "json": transcript_pb2.TRANSCRIPT_FORMAT_JSON,
-    "txt": transcript_pb2.TRANSCRIPT_FORMAT_TXT,
-    "srt": transcript_pb2.TRANSCRIPT_FORMAT_SRT,
-    "vtt": transcript_pb2.TRANSCRIPT_FORMAT_VTT,
-}
 
 
 class Postprocessor:
@@ -70,15 +61,13 @@ class Postprocessor:
 
     async def run(self) -> None:
         """Fetch and handle messages until :meth:`stop`."""
-        sub = await self.bus.js.pull_subscribe(
+        sub = await busmod.pull_subscribe(
+            self.bus.js,
             busmod.POSTPROCESS_SUBJECT,
-            durable=CONSUMER,
             stream=busmod.POSTPROCESS_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=self.settings.ack_wait_seconds,
-                max_deliver=self.settings.max_deliver,
-            ),
+            durable=busmod.POSTPROCESS_CONSUMER,
+            ack_wait_seconds=self.settings.ack_wait_seconds,
+            max_deliver=self.settings.max_deliver,
         )
         await busmod.consume(sub, self.handle, self._stopping, "post-processing")
 
@@ -116,17 +105,17 @@ class Postprocessor:
         if job.spec.redact and not raw.redacted:
             log.warning("raw transcript of a redacted job was not redacted; redacting it now")
             raw = redact_transcript(raw)
-            await self.store.put_bytes(RESULTS_BUCKET, task.raw_key, transcript_to_json(raw), "application/json")
+            content, content_type = render(raw, transcript_pb2.TRANSCRIPT_FORMAT_JSON)
+            await self.store.put_bytes(RESULTS_BUCKET, task.raw_key, content, content_type)
         transcript = await postprocess_transcript(raw, job, self.glossaries, self.settings, self.rules, self.llm)
         keys = []
-        for extension, fmt in OUTPUTS.items():
-            content, content_type = render(transcript, fmt)
+        for extension, fmt in FORMAT_NAMES.items():  # every format, json first
             key = transcript_key(task.job_id, extension)
-            await self.store.put_bytes(RESULTS_BUCKET, key, content, content_type)
+            await self.store.put_bytes(RESULTS_BUCKET, key, *render(transcript, fmt))
             keys.append(key)
             if extension != "json":  # raw.json is the transcriber's
-                content, content_type = render(raw, fmt)
-                await self.store.put_bytes(RESULTS_BUCKET, f"{task.job_id}/raw.{extension}", content, content_type)
+                raw_key = raw_transcript_key(task.job_id, extension)
+                await self.store.put_bytes(RESULTS_BUCKET, raw_key, *render(raw, fmt))
 
         def complete(record: jobs_pb2.Job) -> None:
             del record.result_keys[:]

@@ -16,12 +16,15 @@ from scribe.v1 import jobs_pb2, results_pb2, results_pb2_grpc, transcript_pb2
 from scribe_libs import bus as busmod
 from scribe_libs.auth import can_see, current_principal
 from scribe_libs.errors import FailedPrecondition, InvalidArgument
+from scribe_libs.formats import content_type, format_name
 from scribe_libs.jobs import (
     AUDIO_BUCKET,
     RESULTS_BUCKET,
     JobNotFound,
     JobStore,
+    audio_key,
     is_terminal,
+    raw_transcript_key,
     state_name,
     transcript_key,
 )
@@ -36,12 +39,6 @@ from scribe_results.sampler import QueueSampler
 log = logging.getLogger(__name__)
 
 S = jobs_pb2.JobState
-_EXTENSIONS = {
-    transcript_pb2.TRANSCRIPT_FORMAT_JSON: ("json", "application/json"),
-    transcript_pb2.TRANSCRIPT_FORMAT_TXT: ("txt", "text/plain; charset=utf-8"),
-    transcript_pb2.TRANSCRIPT_FORMAT_SRT: ("srt", "application/x-subrip"),
-    transcript_pb2.TRANSCRIPT_FORMAT_VTT: ("vtt", "text/vtt"),
-}
 _MAX_PAGE = 1000
 
 
@@ -129,11 +126,19 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
     async def GetTranscript(  # noqa: N802 - gRPC method name
         self, request: results_pb2.GetTranscriptRequest, context: grpc.aio.ServicerContext
     ) -> results_pb2.GetTranscriptResponse:
-        """The final transcript in the asked format."""
+        """The final (or, with ``raw``, the as-decoded) transcript in the asked format, JSON by default.
+
+        ``content_type`` is the format's from :data:`scribe_libs.formats.CONTENT_TYPES`
+        (``; charset=utf-8`` on every one).
+
+        Raises:
+            JobNotFound: no such job (or another owner's, or its transcript expired).
+            InvalidArgument: ``UNKNOWN_FORMAT``.
+            FailedPrecondition: ``JOB_NOT_COMPLETED``.
+        """
         job = await self._visible(request.job_id)
         fmt = request.format or transcript_pb2.TRANSCRIPT_FORMAT_JSON
-        if fmt not in _EXTENSIONS:
-            raise InvalidArgument("UNKNOWN_FORMAT", f"unknown format {fmt}", field="format")
+        extension = format_name(fmt)  # UNKNOWN_FORMAT is checked before the job's state
         if job.state != S.JOB_STATE_COMPLETED:
             raise FailedPrecondition(
                 "JOB_NOT_COMPLETED",
@@ -141,15 +146,14 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
                 + (f" ({job.error_reason}: {job.error_message})" if job.error_reason else ""),
                 {"state": state_name(job.state)},
             )
-        extension, content_type = _EXTENSIONS[fmt]
         # raw: the as-decoded text (redacted for a redacted job), written by postprocess as
         # <job_id>/raw.<ext> beside the transcriber's raw.json.
-        key = f"{job.job_id}/raw.{extension}" if request.raw else transcript_key(job.job_id, extension)
+        key = raw_transcript_key(job.job_id, extension) if request.raw else transcript_key(job.job_id, extension)
         try:
             content = await self.store.get_bytes(RESULTS_BUCKET, key)
         except ObjectNotFound as exc:
             raise JobNotFound(job.job_id) from exc  # expired by the bucket's lifecycle
-        return results_pb2.GetTranscriptResponse(format=fmt, content_type=content_type, content=content)
+        return results_pb2.GetTranscriptResponse(format=fmt, content_type=content_type(fmt), content=content)
 
     async def CancelJob(  # noqa: N802 - gRPC method name
         self, request: results_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
@@ -187,7 +191,7 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
                 await self.bus.js.delete_msg(busmod.JOBS_STREAM, job.stream_seq)
             except Exception:  # noqa: BLE001 - already delivered; the worker acks it on sight
                 log.info("queued message already gone", extra={"job_id": job.job_id})
-        await self.store.delete(AUDIO_BUCKET, f"{job.job_id}/original")
+        await self.store.delete(AUDIO_BUCKET, audio_key(job.job_id))
         return job
 
     async def DeleteJob(  # noqa: N802 - gRPC method name

@@ -38,8 +38,9 @@ import numpy as np
 from scribe.v1 import jobs_pb2, streaming_pb2, transcriber_pb2, transcript_pb2
 from scribe_libs import bus as busmod
 from scribe_libs import metrics
-from scribe_libs.callaudio import TARGET_SAMPLE_RATE, float_to_int16
-from scribe_libs.formats import transcript_to_json
+from scribe_libs.audio import WHISPER_SAMPLE_RATE
+from scribe_libs.callaudio import encode_linear16
+from scribe_libs.formats import render
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, JobStore, audio_key, now_timestamp, raw_transcript_key
 from scribe_libs.objectstore import ObjectStore
 from scribe_libs.streaming import Result, SpeechEvent, SpeechEventType, StreamConfig, StreamSession, VadConfig, Word
@@ -133,7 +134,7 @@ class CallSession:
             self._wav = wave.open(self._recording, "wb")  # noqa: SIM115 - closed in close()
             self._wav.setnchannels(options.channels)
             self._wav.setsampwidth(2)
-            self._wav.setframerate(TARGET_SAMPLE_RATE)
+            self._wav.setframerate(WHISPER_SAMPLE_RATE)
 
     @property
     def audio_seconds(self) -> float:
@@ -149,7 +150,7 @@ class CallSession:
         self._arrivals.append((self.stream.audio_seconds, time.monotonic()))
         if self._wav is not None and len(per_channel[0]):
             frames = np.stack(per_channel, axis=1) if len(per_channel) > 1 else per_channel[0]
-            await asyncio.to_thread(self._wav.writeframes, float_to_int16(frames).astype("<i2").tobytes())
+            await asyncio.to_thread(self._wav.writeframes, encode_linear16(frames))
         await self.stream.push_samples(per_channel)
 
     def _arrived(self, stream_seconds: float) -> float | None:
@@ -217,7 +218,7 @@ class CallSession:
 
         async def decode(audio: np.ndarray, prompt: str, final: bool) -> list[Word]:
             request = transcriber_pb2.DecodeRequest(
-                audio=float_to_int16(audio).astype("<i2").tobytes(), prompt=prompt, language=self.options.language,
+                audio=encode_linear16(audio), prompt=prompt, language=self.options.language,
                 model=self.options.model, word_timestamps=True, hotwords=hotwords, session_id=session_id,
                 priority=transcriber_pb2.DECODE_PRIORITY_FINAL if final else transcriber_pb2.DECODE_PRIORITY_INTERIM,
             )
@@ -313,7 +314,7 @@ class CallSession:
             # As the transcriber does: clear text never reaches the object store.
             transcript = await asyncio.to_thread(redact_transcript, transcript)
         await store.put_bytes(
-            RESULTS_BUCKET, raw_transcript_key(self.job_id), transcript_to_json(transcript), "application/json"
+            RESULTS_BUCKET, raw_transcript_key(self.job_id), *render(transcript, transcript_pb2.TRANSCRIPT_FORMAT_JSON)
         )
         key = ""
         if self._wav is not None and self._recording is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from scribe.v1 import streaming_pb2, transcript_pb2
-from scribe_libs.callaudio import validate_format
+from scribe_libs.callaudio import AudioEncoding, encoding_from_proto, validate_format
 from scribe_libs.errors import InvalidArgument
 from scribe_libs.recognition import validate_config
 from scribe_stream_gateway.config import Settings
@@ -16,11 +16,6 @@ MIN_ENDPOINTING_MS = 100
 MAX_ENDPOINTING_MS = 5000
 DEFAULT_ENDPOINTING_MS = 500
 MAX_ROLE_CHARS = 64
-_ENCODINGS = {
-    streaming_pb2.AUDIO_ENCODING_LINEAR16: "LINEAR16",
-    streaming_pb2.AUDIO_ENCODING_MULAW: "MULAW",
-    streaming_pb2.AUDIO_ENCODING_ALAW: "ALAW",
-}
 
 
 @dataclass(frozen=True)
@@ -28,7 +23,7 @@ class SessionOptions:
     """A validated session configuration.
 
     Attributes:
-        encoding: ``"LINEAR16"``, ``"MULAW"`` or ``"ALAW"``.
+        encoding: LINEAR16, MULAW or ALAW (a ``str`` enum: equal to its name).
         sample_rate: Hz.
         channels: 1 or 2.
         roles: One label per channel ("" when none was given).
@@ -40,7 +35,7 @@ class SessionOptions:
         config: The caller's config as sent (for the stored job).
     """
 
-    encoding: str
+    encoding: AudioEncoding
     sample_rate: int
     channels: int
     roles: tuple[str, ...]
@@ -72,13 +67,7 @@ def validate_streaming_config(config: streaming_pb2.StreamingConfig, settings: S
             RecognitionConfig reasons (``UNKNOWN_LANGUAGE``, ``UNKNOWN_MODEL``, ``MODEL_LANGUAGE_MISMATCH``,
             ``PROMPT_TOO_LONG``) with ``config.<field>``.
     """
-    encoding = _ENCODINGS.get(config.encoding)
-    if encoding is None:
-        raise InvalidArgument(
-            "UNSUPPORTED_ENCODING",
-            "config.encoding must be AUDIO_ENCODING_LINEAR16, AUDIO_ENCODING_MULAW or AUDIO_ENCODING_ALAW",
-            field="config.encoding",
-        )
+    encoding = encoding_from_proto(config.encoding, field="config.encoding")
     channels = config.audio_channel_count or 1
     validate_format(encoding, config.sample_rate_hertz, channels, field_prefix="config.")
     roles = tuple(r.strip() for r in config.channel_roles)

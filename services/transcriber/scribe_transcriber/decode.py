@@ -64,13 +64,15 @@ import numpy as np
 
 from scribe.v1 import transcriber_pb2, transcript_pb2
 from scribe_libs import metrics
+from scribe_libs.audio import WHISPER_SAMPLE_RATE
+from scribe_libs.callaudio import AudioEncoding, decode_samples
+from scribe_libs.devices import RealtimeServing
 from scribe_libs.errors import FailedPrecondition, InvalidArgument, Unavailable
 from scribe_libs.streaming.policy import looks_looping
 
 log = logging.getLogger(__name__)
 
-#: Whisper's input rate (Hz) and window (s) (openai/whisper audio.py SAMPLE_RATE, CHUNK_LENGTH).
-SAMPLE_RATE = 16000
+#: Whisper's window, s (openai/whisper audio.py CHUNK_LENGTH); its rate is WHISPER_SAMPLE_RATE.
 MAX_WINDOW_SECONDS = 30.0
 #: Mel frames per second of audio (hop length 160 at 16 kHz); Whisper's full input is 3000 frames.
 FRAMES_PER_SECOND = 100
@@ -134,16 +136,17 @@ class WindowResult:
     """The short-input decode tripped a guard and the window was decoded on the full input."""
 
 
-def pcm16_to_float(data: bytes) -> np.ndarray:
-    """LINEAR16 bytes (little-endian) to float32 in [-1, 1).
+def window_samples(data: bytes) -> np.ndarray:
+    """A Decode window's audio (LINEAR16 at 16 kHz, mono) as float32 in [-1, 1), checked.
 
     Raises:
-        InvalidArgument: ``INVALID_AUDIO`` for an odd byte count, empty audio or more than 30 s.
+        InvalidArgument: ``INVALID_AUDIO`` for empty audio or an odd byte count,
+            ``WINDOW_TOO_LONG`` for more than 30 s (field ``audio``).
     """
     if len(data) == 0 or len(data) % 2:
         raise InvalidArgument("INVALID_AUDIO", "audio must be a non-empty LINEAR16 byte string", field="audio")
-    samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-    if len(samples) > MAX_WINDOW_SECONDS * SAMPLE_RATE:
+    samples = decode_samples(data, AudioEncoding.LINEAR16)
+    if len(samples) > MAX_WINDOW_SECONDS * WHISPER_SAMPLE_RATE:
         raise InvalidArgument(
             "WINDOW_TOO_LONG", f"a window is at most {MAX_WINDOW_SECONDS:.0f} s (Whisper's window)", field="audio"
         )
@@ -240,7 +243,9 @@ def _decode_group(  # noqa: PLR0913 - the group's parts
     frames += frames % 2  # the encoder's stride-2 convolution
     short = frames < FULL_FRAMES
     encoded = model.encode(_input([mels[i] for i in members], frames))
-    budgets = [token_budget(len(windows[i].audio) / SAMPLE_RATE) if short else model.max_length for i in members]
+    budgets = [
+        token_budget(len(windows[i].audio) / WHISPER_SAMPLE_RATE) if short else model.max_length for i in members
+    ]
     outputs = model.model.generate(
         encoded,
         [prompts[i] for i in members],
@@ -297,7 +302,8 @@ def _align(  # noqa: PLR0913
     for i, row in zip(kept, rows, strict=True):
         if i in aligned:
             row_tokens[row] = tokens[i]
-            row_frames[row] = max(min(math.ceil(len(windows[i].audio) / SAMPLE_RATE * FRAMES_PER_SECOND), frames), 100)
+            seconds = len(windows[i].audio) / WHISPER_SAMPLE_RATE
+            row_frames[row] = max(min(math.ceil(seconds * FRAMES_PER_SECOND), frames), 100)
     # align() runs on the whole encoder batch; rows without text get a placeholder thrown away.
     alignments = model.find_alignment(tok, row_tokens, encoded, row_frames)
     for i, row in zip(kept, rows, strict=True):
@@ -305,7 +311,7 @@ def _align(  # noqa: PLR0913
             continue
         alignment = alignments[row]
         merge_punctuations(alignment, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
-        duration = len(windows[i].audio) / SAMPLE_RATE
+        duration = len(windows[i].audio) / WHISPER_SAMPLE_RATE
         for item in alignment:
             if not item["word"].strip():
                 continue
@@ -431,6 +437,28 @@ class DecodeScheduler:
             del self._sessions[key]
         return len(self._sessions)
 
+    def serving(self, target_period_s: float, utilization: float) -> RealtimeServing:
+        """What the worker profile advertises: capacity, live sessions, window cost and how.
+
+        Args:
+            target_period_s: The capacity target (``realtime_target_period_seconds``), seconds.
+            utilization: Share of the device the capacity plans for (``realtime_utilization``).
+        """
+        how = (
+            f"measured: a {self.max_batch}-window decode of the 7.7 s probe costs {self.window_cost_seconds:.3f} s "
+            f"of device time with {self.parallel} in parallel, "
+            f"target period {target_period_s:g} s at {utilization:.0%} utilization"
+            if self.window_cost_seconds
+            else "configured"
+        )
+        return RealtimeServing(
+            capacity=self.capacity,
+            sessions=self.live_sessions,
+            window_cost_seconds=self.window_cost_seconds,
+            reason=f"realtime capacity {self.capacity} live sessions ({how}); "
+            f"{self.max_batch} window(s) decoded together",
+        )
+
     def start(self) -> None:
         """Start the decode loop (on the running event loop)."""
         self._task = asyncio.create_task(self._run())
@@ -453,10 +481,10 @@ class DecodeScheduler:
         """Validate a request into a window and model name.
 
         Raises:
-            InvalidArgument: bad audio (see :func:`pcm16_to_float`), ``INVALID_SESSION_ID``.
+            InvalidArgument: bad audio (see :func:`window_samples`), ``INVALID_SESSION_ID``.
             FailedPrecondition: ``MODEL_NOT_LOADED`` when the model is not resident here.
         """
-        audio = pcm16_to_float(request.audio)
+        audio = window_samples(request.audio)
         if len(request.session_id) > MAX_SESSION_ID_CHARS:
             raise InvalidArgument(
                 "INVALID_SESSION_ID", f"session_id is at most {MAX_SESSION_ID_CHARS} characters", field="session_id"
@@ -558,7 +586,7 @@ class DecodeScheduler:
 def probe_audio() -> np.ndarray:
     """The bundled capacity probe (float32 16 kHz mono)."""
     with wave.open(str(PROBE_WAV)) as w:
-        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+        return decode_samples(w.readframes(w.getnframes()), AudioEncoding.LINEAR16)
 
 
 def capacity_from_cost(cost_seconds: float, target_period_s: float, utilization: float, max_batch: int) -> int:
@@ -605,7 +633,7 @@ def measure_capacity(scheduler: DecodeScheduler, target_period_s: float, utiliza
         "realtime capacity measured",
         extra={"window_cost_seconds": round(scheduler.window_cost_seconds, 3), "capacity": scheduler.capacity,
                "max_batch": scheduler.max_batch, "parallel": scheduler.parallel,
-               "probe_seconds": round(len(audio) / SAMPLE_RATE, 2)},
+               "probe_seconds": round(len(audio) / WHISPER_SAMPLE_RATE, 2)},
     )
     return scheduler.capacity
 

@@ -26,6 +26,7 @@ from scribe_libs.devices import (
     Decision,
     DeviceFacts,
     DeviceProbe,
+    RealtimeServing,
     SystemProbe,
     decide,
     profile_from,
@@ -80,26 +81,15 @@ class WorkerDevice:
         start_time: float,
         current_load: int = 0,
         real_time_factor: float = 0.0,
+        realtime: RealtimeServing | None = None,
     ) -> transcriber_pb2.WorkerProfile:
-        """The current ``WorkerProfile`` (after an out-of-memory downgrade: the new decision's)."""
+        """The current ``WorkerProfile`` (:func:`scribe_libs.devices.profile_from`).
+
+        After an out-of-memory downgrade it is the new decision's. ``start_time`` is Unix seconds;
+        ``realtime`` as in ``profile_from`` (None: the decision's planned realtime capacity).
+        """
         decision = self.engine.decision if self.engine is not None else self.decision
-        now = time.time()
-        if decision is None or self.facts is None:
-            status = f"not ready: {self.not_ready_reason}" if self.not_ready_reason else "starting: probing the device"
-            profile = transcriber_pb2.WorkerProfile(
-                worker_id=settings.worker_id,
-                pod=settings.pod_name,
-                node=settings.node_name,
-                pool=settings.pool,
-                compute_type_requested=settings.compute_type,
-                endpoint=endpoint,
-                version=__version__,
-                decisions=[*([self.selection_reason] if self.selection_reason else []), status],
-            )
-            profile.start_time.FromNanoseconds(int(start_time * 1e9))
-            profile.update_time.FromNanoseconds(int(now * 1e9))
-            return profile
-        profile = profile_from(
+        return profile_from(
             decision,
             self.facts,
             worker_id=settings.worker_id,
@@ -109,15 +99,15 @@ class WorkerDevice:
             endpoint=endpoint,
             version=__version__,
             start_time=start_time,
-            update_time=now,
+            update_time=time.time(),
             current_load=current_load,
             real_time_factor=real_time_factor,
             memory_models_bytes=(self.engine.memory_used_by_models() or None) if self.engine is not None else None,
+            compute_type_requested=settings.compute_type,
+            selection_reason=self.selection_reason,
+            not_ready_reason=self.not_ready_reason,
+            realtime=realtime,
         )
-        if self.not_ready_reason and decision.ready:
-            profile.decisions.append(f"not ready: {self.not_ready_reason}")
-            del profile.models_loaded[:]
-        return profile
 
     def refresh_memory(self) -> None:
         """Re-read the device's free memory (blocking; a failed probe keeps the old figure)."""

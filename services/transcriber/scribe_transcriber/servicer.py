@@ -16,6 +16,7 @@ import grpc
 from scribe.v1 import transcriber_pb2, transcriber_pb2_grpc
 from scribe_libs import bus as busmod
 from scribe_libs import metrics
+from scribe_libs.devices import RealtimeServing
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, now_timestamp
 from scribe_libs.models import ModelRegistry
 from scribe_libs.objectstore import open_store
@@ -44,27 +45,20 @@ class TranscriberState:
 
     def profile(self) -> transcriber_pb2.WorkerProfile:
         """The current WorkerProfile (scribe_transcriber.device: the decision and its reasons)."""
-        profile = self.device.profile(
-            self.settings,
-            endpoint=f"{self.settings.advertise_host}:{self.port}",
+        s = self.settings
+        realtime = (
+            self.decoder.serving(s.realtime_target_period_seconds, s.realtime_utilization)
+            if self.decoder is not None
+            else RealtimeServing()  # Decode is not served yet: no live sessions are admitted
+        )
+        return self.device.profile(
+            s,
+            endpoint=f"{s.advertise_host}:{self.port}",
             start_time=self.start_time.ToNanoseconds() / 1e9,
             current_load=self.worker.current_load if self.worker else 0,
             real_time_factor=self.worker.real_time_factor if self.worker else 0.0,
+            realtime=realtime,
         )
-        if self.decoder is not None:
-            profile.realtime_capacity = self.decoder.capacity
-            profile.realtime_sessions = self.decoder.live_sessions
-            profile.realtime_window_cost_seconds = round(self.decoder.window_cost_seconds, 4)
-            d = self.decoder
-            how = (f"measured: a {d.max_batch}-window decode of the 7.7 s probe costs {d.window_cost_seconds:.3f} s "
-                   f"of device time with {d.parallel} in parallel, "
-                   f"target period {self.settings.realtime_target_period_seconds:g} s at "
-                   f"{self.settings.realtime_utilization:.0%} utilization" if d.window_cost_seconds else "configured")
-            profile.decisions.append(f"realtime capacity {d.capacity} live sessions ({how}); "
-                                     f"{d.max_batch} window(s) decoded together")
-        else:
-            profile.realtime_capacity = 0
-        return profile
 
 
 class TranscriberServicer(transcriber_pb2_grpc.TranscriberServicer):

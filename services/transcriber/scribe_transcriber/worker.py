@@ -23,14 +23,13 @@ import threading
 from pathlib import Path
 
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import trace
 
-from scribe.v1 import jobs_pb2
+from scribe.v1 import jobs_pb2, transcript_pb2
 from scribe_libs import bus as busmod
 from scribe_libs import metrics
 from scribe_libs.errors import FailedPrecondition, InvalidArgument
-from scribe_libs.formats import transcript_to_json
+from scribe_libs.formats import render
 from scribe_libs.jobs import (
     AUDIO_BUCKET,
     RESULTS_BUCKET,
@@ -71,18 +70,16 @@ class Worker:
     async def run(self) -> None:
         """Fetch and handle jobs until :meth:`stop`."""
         pool = self.settings.pool
-        sub = await self.bus.js.pull_subscribe(
+        sub = await busmod.pull_subscribe(
+            self.bus.js,
             busmod.jobs_subject(pool),
-            durable=busmod.pool_consumer(pool),
             stream=busmod.JOBS_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self.settings.ack_wait_seconds,
-                max_deliver=self.settings.max_deliver,
-                # Each worker holds one message at a time; this bounds the pool's in-flight jobs.
-                max_ack_pending=-1,
-            ),
+            durable=busmod.pool_consumer(pool),
+            ack_wait_seconds=self.settings.ack_wait_seconds,
+            max_deliver=self.settings.max_deliver,
+            # No limit here: each worker holds one message at a time, so the pool's worker count
+            # bounds its in-flight jobs (the server's default 1000 would cap a large pool).
+            max_ack_pending=-1,
         )
         log.info("consuming jobs", extra={"pool": pool, "consumer": busmod.pool_consumer(pool)})
         await busmod.consume(sub, self._handle_tracked, self._stopping, "job")
@@ -172,7 +169,7 @@ class Worker:
         if job.spec.redact:  # before the put: clear text never reaches the object store
             transcript = redact_transcript(transcript)
         await self.store.put_bytes(
-            RESULTS_BUCKET, raw_transcript_key(task.job_id), transcript_to_json(transcript), "application/json"
+            RESULTS_BUCKET, raw_transcript_key(task.job_id), *render(transcript, transcript_pb2.TRANSCRIPT_FORMAT_JSON)
         )
         labels = {"pool": self.settings.pool, "model": task.config.model}
         metrics.audio_processed.add(transcript.duration, labels)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from scribe.v1 import transcriber_pb2
+from scribe_libs.errors import InvalidArgument
 from scribe_libs.streaming.policy import looks_looping, normalize
 from scribe_transcriber import decode as dec
 from scribe_transcriber.decode import (
@@ -309,3 +310,14 @@ def test_measure_capacity_on_tiny_en(whisper):
     assert scheduler.window_cost_seconds > 0
     assert capacity >= 1 and scheduler.capacity == capacity
     assert capacity == capacity_from_cost(scheduler.window_cost_seconds, 1.5, 0.8, 1)
+
+
+def test_window_audio_is_linear16_of_at_most_whisper_s_30_s():
+    samples = dec.window_samples(np.array([0, 16384, -32768], dtype="<i2").tobytes())
+    np.testing.assert_array_equal(samples, np.array([0.0, 0.5, -1.0], dtype=np.float32))
+    assert len(dec.window_samples(bytes(2 * 30 * 16000))) == 30 * 16000
+    for data, reason in ((b"", "INVALID_AUDIO"), (b"\x00\x01\x02", "INVALID_AUDIO"),
+                         (bytes(2 * (30 * 16000 + 1)), "WINDOW_TOO_LONG")):
+        with pytest.raises(InvalidArgument) as err:
+            dec.window_samples(data)
+        assert (err.value.reason, err.value.field) == (reason, "audio")

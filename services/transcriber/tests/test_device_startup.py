@@ -130,3 +130,26 @@ def test_the_realtime_model_is_part_of_the_decision(fake_device):
     assert device.engine.decision.resident_models == ["large-v3", "large-v3-turbo"]
     # the streaming decoder looks the realtime model up by its configured name
     assert device.engine.load("turbo") is device.engine.models["large-v3-turbo"]
+
+
+def test_the_served_profile_carries_the_decoder_s_capacity_and_how_it_was_measured(fake_device):
+    from scribe_transcriber.decode import DecodeScheduler
+    from scribe_transcriber.servicer import TranscriberState
+
+    device = start(fake_device, [load_recorded("t4"), load_recorded("cpu-only")])
+    state = TranscriberState(settings=settings(), device=device, port=50053)
+    before = state.profile()
+    assert before.realtime_capacity == 0 and before.realtime_window_cost_seconds == 0.0  # Decode not served yet
+    assert list(before.decisions) == list(device.profile(settings(), endpoint="", start_time=0.0).decisions)
+
+    state.decoder = DecodeScheduler(device.engine, "large-v3", "w-test", max_batch=2, parallel=1)
+    state.decoder.capacity, state.decoder.window_cost_seconds = 6, 0.155123
+    profile = state.profile()
+    assert (profile.realtime_capacity, profile.realtime_sessions) == (6, 0)
+    assert profile.realtime_window_cost_seconds == 0.1551
+    assert profile.decisions[-1] == (
+        "realtime capacity 6 live sessions (measured: a 2-window decode of the 7.7 s probe costs 0.155 s of device "
+        "time with 1 in parallel, target period 1.25 s at 80% utilization); 2 window(s) decoded together"
+    )
+    assert profile.decisions[:-1] == before.decisions
+    assert profile.endpoint.endswith(":50053") and list(profile.models_loaded) == ["large-v3", "large-v3-turbo"]
