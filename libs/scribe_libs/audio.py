@@ -21,6 +21,27 @@ float32 at this rate: files (:func:`decode_for_whisper`), call audio
 (:mod:`scribe_libs.callaudio`) and Decode windows (LINEAR16 at this rate)."""
 
 
+def _undecodable(exc: BaseException) -> InvalidArgument:
+    """``UNDECODABLE_AUDIO`` saying what FFmpeg found wrong, without server paths or errno numbers.
+
+    FFmpeg errors read ``[Errno 1094995529] Invalid data found when processing input: '/tmp/...'``
+    (the errno is an FFmpeg tag, AVERROR_INVALIDDATA); only the description is kept.
+    """
+    if isinstance(exc, av.error.FFmpegError) and getattr(exc, "strerror", None):
+        what = str(exc.strerror).rstrip(".")
+        what = what[:1].lower() + what[1:]
+    elif isinstance(exc, UnicodeDecodeError):
+        what = "the file's metadata is not valid text"
+    else:
+        what = "the file is not audio in a format FFmpeg reads"
+    return InvalidArgument(
+        "UNDECODABLE_AUDIO",
+        f"the audio could not be decoded ({what}); send a complete file in a common format "
+        "(wav, flac, mp3, ogg/opus, m4a)",
+        field="audio",
+    )
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     """What :func:`probe` learned about a file."""
@@ -48,7 +69,7 @@ def probe(path: Path) -> AudioInfo:
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidArgument("UNDECODABLE_AUDIO", f"audio could not be decoded: {exc}", field="audio") from exc
+        raise _undecodable(exc) from exc
     with container:
         if not container.streams.audio:
             raise InvalidArgument("NO_AUDIO_STREAM", "the upload has no audio stream", field="audio")
@@ -70,7 +91,7 @@ def probe(path: Path) -> AudioInfo:
                 if duration > 0 and decoded_samples > 0:
                     break
         except (av.error.FFmpegError, ValueError) as exc:
-            raise InvalidArgument("UNDECODABLE_AUDIO", f"audio could not be decoded: {exc}", field="audio") from exc
+            raise _undecodable(exc) from exc
         if decoded_samples == 0:
             raise InvalidArgument("UNDECODABLE_AUDIO", "no audio frame could be decoded", field="audio")
         if duration <= 0 and rate:
@@ -100,7 +121,7 @@ def decode_for_whisper(path: Path) -> np.ndarray:
     try:
         return decode_audio(str(path), sampling_rate=WHISPER_SAMPLE_RATE)
     except (av.error.FFmpegError, ValueError, AttributeError, IndexError) as exc:
-        raise InvalidArgument("UNDECODABLE_AUDIO", f"audio could not be decoded: {exc}", field="audio") from exc
+        raise _undecodable(exc) from exc
 
 
 def header_duration(path: Path) -> float | None:

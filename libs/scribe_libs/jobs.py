@@ -6,10 +6,24 @@ cancelling) never lose an update. State changes follow DESIGN.md:
 ``QUEUED -> RUNNING -> POSTPROCESSING -> COMPLETED``, or FAILED / CANCELLED from any
 non-terminal state; a redelivered job may go RUNNING -> RUNNING or POSTPROCESSING ->
 POSTPROCESSING. Each state change is also published on ``scribe.events.<job_id>.<kind>``.
+
+A record is one NATS message: one that would exceed the server's ``max_payload`` (from its INFO,
+1 MiB by default) less :data:`RECORD_HEADROOM_BYTES` is refused with :class:`RecordTooLarge`
+before anything is sent (a message over it makes the server drop the connection). The caller's
+inputs are bounded far below that by :mod:`scribe_libs.limits`.
+
+Request ids (idempotency keys) are claimed in the same bucket, under ``request.<sha256>``, in two
+steps: ``creating:<job_id>`` while the job is being created (the creator refreshes it every
+:data:`CLAIM_REFRESH_SECONDS`), then ``<job_id>`` once the record and the job message exist. A
+second CreateJob with the same key waits while the claim is ``creating`` and returns the job once
+it exists; a ``creating`` claim not refreshed for :data:`CLAIM_STALE_SECONDS` (its creator died)
+and a done claim whose job is gone (deleted, expired) are taken over with compare-and-set, so
+exactly one caller wins.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -17,12 +31,12 @@ import uuid
 from collections.abc import Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from scribe.v1 import jobs_pb2
 from scribe_libs import metrics
 from scribe_libs.bus import Bus, event_subject
-from scribe_libs.errors import FailedPrecondition, NotFound
+from scribe_libs.errors import FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +58,16 @@ RESULTS_BUCKET = "scribe-results"
 DEFAULT_RETENTION_DAYS = 7
 _MAX_CAS_ATTEMPTS = 50
 _REQUEST_PREFIX = "request."
+_CLAIM_CREATING = "creating:"
+#: A creator rewrites its ``creating`` claim this often, seconds.
+CLAIM_REFRESH_SECONDS = 2.0
+#: A ``creating`` claim unchanged this long (seen by the waiter's own clock) is abandoned, seconds.
+CLAIM_STALE_SECONDS = 15.0
+#: How often a waiting duplicate looks at the claim again, seconds.
+CLAIM_POLL_SECONDS = 0.05
+#: Bytes kept free below ``max_payload`` for what travels with a record: KV/JetStream headers,
+#: trace context headers, and the JobEvent envelope (kind, time) around the record.
+RECORD_HEADROOM_BYTES = 8 * 1024
 
 #: Event kind published for each state.
 EVENT_KINDS = {
@@ -120,6 +144,56 @@ class InvalidTransition(FailedPrecondition):
         self.current = current
 
 
+class RecordTooLarge(InvalidArgument):
+    """A job record that would not fit in one NATS message (``JOB_RECORD_TOO_LARGE``)."""
+
+    def __init__(self, job_id: str, size: int, limit: int):
+        super().__init__(
+            "JOB_RECORD_TOO_LARGE",
+            f"job {job_id}: the record would be {size} bytes; the broker takes at most {limit} "
+            "(shorten the spec's labels, filename or hotwords)",
+            field="spec",
+            metadata={"size": str(size), "limit": str(limit)},
+        )
+
+
+class RequestClaim:
+    """This caller's hold on a request id while it creates the job (see the module docstring)."""
+
+    def __init__(self, kv, key: str, job_id: str, revision: int):  # noqa: ANN001 - a KeyValue
+        self.kv = kv
+        self.key = key
+        self.job_id = job_id
+        self.revision = revision
+
+    async def refresh(self) -> None:
+        """Rewrite the ``creating`` claim (a liveness sign for waiting duplicates)."""
+        self.revision = await self.kv.update(self.key, (_CLAIM_CREATING + self.job_id).encode(), last=self.revision)
+
+    async def keep_alive(self) -> None:
+        """Refresh every CLAIM_REFRESH_SECONDS until cancelled (run as a task beside the creation)."""
+        while True:
+            await asyncio.sleep(CLAIM_REFRESH_SECONDS)
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - a missed refresh only risks a takeover after CLAIM_STALE_SECONDS
+                log.warning("could not refresh request claim", exc_info=True)
+
+    async def confirm(self) -> None:
+        """Mark the claim done: the job exists (record and job message)."""
+        try:
+            self.revision = await self.kv.update(self.key, self.job_id.encode(), last=self.revision)
+        except KeyWrongLastSequenceError:
+            await self.kv.put(self.key, self.job_id.encode())
+
+    async def release(self) -> None:
+        """Give the request id up (the job was not created), unless another caller took it over."""
+        try:
+            await self.kv.delete(self.key, last=self.revision)
+        except APIError:  # wrong last sequence: taken over; that caller's claim stays
+            log.info("request claim was taken over; left to its new holder")
+
+
 class JobStore:
     """Job records over the ``scribe_jobs`` KV bucket of a :class:`Bus`."""
 
@@ -127,12 +201,26 @@ class JobStore:
         self.bus = bus
         self.kv = bus.jobs
 
+    def _serialize(self, job: jobs_pb2.Job) -> bytes:
+        """The record's bytes; raises RecordTooLarge when they would not fit in a NATS message."""
+        data = job.SerializeToString()
+        limit = int(getattr(self.bus.nc, "max_payload", 0) or 1024 * 1024) - RECORD_HEADROOM_BYTES
+        if len(data) > limit:
+            raise RecordTooLarge(job.job_id, len(data), limit)
+        return data
+
     async def create(self, job: jobs_pb2.Job) -> None:
-        """Store a new job record; raises FailedPrecondition if the id exists."""
+        """Store a new job record.
+
+        Raises:
+            FailedPrecondition: ``JOB_EXISTS``.
+            RecordTooLarge: the record would exceed the broker's max payload (nothing is sent).
+        """
         job.create_time.CopyFrom(now_timestamp())
         job.update_time.CopyFrom(job.create_time)
+        data = self._serialize(job)
         try:
-            await self.kv.create(job.job_id, job.SerializeToString())
+            await self.kv.create(job.job_id, data)
         except KeyWrongLastSequenceError as exc:
             raise FailedPrecondition("JOB_EXISTS", f"job {job.job_id} already exists") from exc
         await self._event(job, EVENT_KINDS[job.state])
@@ -177,14 +265,16 @@ class JobStore:
         Raises:
             JobNotFound: no such job.
             RuntimeError: more than 50 conflicting writers in a row.
+            RecordTooLarge: the new record would exceed the broker's max payload (nothing is sent).
         """
         for _ in range(_MAX_CAS_ATTEMPTS):
             job, revision = await self.get_with_revision(job_id)
             if mutate(job) is False:
                 return job
             job.update_time.CopyFrom(now_timestamp())
+            data = self._serialize(job)
             try:
-                await self.kv.update(job_id, job.SerializeToString(), last=revision)
+                await self.kv.update(job_id, data, last=revision)
             except KeyWrongLastSequenceError:
                 continue
             if event:
@@ -272,29 +362,50 @@ class JobStore:
                 continue
         return jobs
 
-    async def claim_request(self, request_id: str, job_id: str) -> str | None:
-        """Bind ``request_id`` to ``job_id`` unless it is already bound.
+    async def claim_request(self, request_id: str, job_id: str) -> RequestClaim | str:
+        """Claim ``request_id`` for ``job_id``, or find the job another call created with it.
+
+        Waits while another call is creating its job (until that job exists, that call gives the
+        request id up, or its claim goes stale). The caller bounds the wait with its deadline.
 
         Returns:
-            None when the claim succeeded, else the job id the request id already names.
+            A :class:`RequestClaim` when this call must create the job (then ``confirm()`` it once
+            the job exists, or ``release()`` it), else the existing job's id.
         """
         key = _REQUEST_PREFIX + hashlib.sha256(request_id.encode()).hexdigest()
-        for _ in range(_MAX_CAS_ATTEMPTS):
+        mine = (_CLAIM_CREATING + job_id).encode()
+        seen: tuple[int, float] | None = None  # (revision of a creating claim, when first seen)
+        loop = asyncio.get_running_loop()
+        while True:
             try:
-                await self.kv.create(key, job_id.encode())
-                return None
+                return RequestClaim(self.kv, key, job_id, await self.kv.create(key, mine))
             except KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self.kv.get(key)
+            except KeyNotFoundError:
+                continue  # released meanwhile: try to claim it
+            value = (entry.value or b"").decode()
+            revision = int(entry.revision or 0)
+            takeover = False
+            if not value.startswith(_CLAIM_CREATING):
                 try:
-                    entry = await self.kv.get(key)
-                except KeyNotFoundError:
+                    await self.get(value)
+                    return value
+                except JobNotFound:
+                    takeover = True  # the job was deleted or expired: the request id is free again
+            elif seen is None or seen[0] != revision:
+                seen = (revision, loop.time())
+            elif loop.time() - seen[1] > CLAIM_STALE_SECONDS:
+                log.warning("request claim of %s went stale; taking it over", value.removeprefix(_CLAIM_CREATING))
+                takeover = True
+            if takeover:
+                try:
+                    return RequestClaim(self.kv, key, job_id, await self.kv.update(key, mine, last=revision))
+                except KeyWrongLastSequenceError:
+                    seen = None
                     continue
-                if entry.value:
-                    return entry.value.decode()
-        raise RuntimeError("request id claim did not settle")
-
-    async def release_request(self, request_id: str) -> None:
-        """Forget a request id (its job was not created after all)."""
-        await self.kv.purge(_REQUEST_PREFIX + hashlib.sha256(request_id.encode()).hexdigest())
+            await asyncio.sleep(CLAIM_POLL_SECONDS)
 
     async def _event(self, job: jobs_pb2.Job, kind: str) -> None:
         event = jobs_pb2.JobEvent(kind=kind, job=job, time=now_timestamp())

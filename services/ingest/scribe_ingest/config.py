@@ -26,4 +26,9 @@ class Settings(ServiceSettings):
     max_queue_depth: int = Field(
         1000, description="Waiting jobs per pool; beyond it CreateJob is refused with QUEUE_FULL and a retry delay."
     )
+    upload_idle_timeout_seconds: float = Field(
+        60.0,
+        description="A CreateJob stream that sends nothing (spec, audio chunk or half-close) for this long ends "
+        "with DEADLINE_EXCEEDED (reason UPLOAD_IDLE) and its spooled file is removed; 0 disables the limit.",
+    )
     upload_dir: str = Field(tempfile.gettempdir(), description="Where uploads are spooled while they stream in.")

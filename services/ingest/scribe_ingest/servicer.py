@@ -10,6 +10,23 @@ Order of writes, so that a failure at any step leaves nothing half-written behin
 6. the record gets the message's stream sequence (for the queue position).
 
 If 4 or 5 fail, what 3 and 4 wrote is removed before the error is returned.
+
+Refusals before anything is stored (all INVALID_ARGUMENT unless noted):
+
+- every string and repeated field of the spec over its limit (:mod:`scribe_libs.limits`):
+  ``FIELD_TOO_LONG`` / ``TOO_MANY_VALUES`` naming the field and the limit;
+- more than :data:`scribe_libs.limits.MAX_CHANNELS` channels: ``TOO_MANY_CHANNELS``;
+- a file whose header states more audio than the bytes hold (a WAV cut short, an upload
+  half-closed early): ``TRUNCATED_AUDIO`` with the seconds present and stated. Containers whose
+  header cannot be checked against the bytes (FLAC, MP3, ...) are checked by the transcriber once
+  decoded, and that job ends FAILED with the same reason;
+- a stream that sends nothing for ``upload_idle_timeout_seconds`` (the spec, or the next audio
+  chunk, or the half-close): DEADLINE_EXCEEDED ``UPLOAD_IDLE``; the spooled file is removed.
+  DEADLINE_EXCEEDED rather than INVALID_ARGUMENT: nothing was wrong with what was sent, the
+  server stopped waiting for the rest (a retry with a client that keeps sending succeeds).
+
+A request_id already in use by a CreateJob still running makes the second call wait for that
+job and return it (``existing=true``); see :mod:`scribe_libs.jobs` for the claim protocol.
 """
 
 from __future__ import annotations
@@ -32,7 +49,8 @@ from scribe_libs.audio import header_duration, probe
 from scribe_libs.auth import current_principal
 from scribe_libs.errors import InvalidArgument, NotFound, ResourceExhausted, ScribeError
 from scribe_libs.glossaries import GlossaryStore, apply_glossaries
-from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, JobStore, audio_key, new_job_id
+from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, JobStore, RequestClaim, audio_key, new_job_id
+from scribe_libs.limits import MAX_CHANNELS, check_job_spec, is_truncated, truncated_message
 from scribe_libs.logs import job_context
 from scribe_libs.objectstore import ObjectNotFound, ObjectStore, open_store, parse_uri
 from scribe_libs.queue import live_profiles, pool_rtf, queue_depth
@@ -41,12 +59,23 @@ from scribe_libs.server import GrpcServer, start_grpc_server
 
 log = logging.getLogger(__name__)
 
-_MAX_LABELS = 64
 #: Bytes spooled before the container header is probed for the duration (wav, flac, mp3 with a
 #: Xing/VBRI header, m4a all state it within the first few KiB).
 HEADER_PROBE_BYTES = 256 * 1024
 #: Audio seconds assumed per waiting job when estimating a QUEUE_FULL retry delay.
 NOMINAL_JOB_SECONDS = 60.0
+
+
+class UploadIdle(ScribeError):
+    """DEADLINE_EXCEEDED: the client stopped sending in the middle of a CreateJob stream."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def __init__(self, seconds: float):
+        super().__init__(
+            "UPLOAD_IDLE", f"nothing was received for {seconds:g} s; the upload was abandoned",
+            {"idle_timeout_seconds": f"{seconds:g}"},
+        )
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServicer):
@@ -75,16 +104,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
     async def _create_job(
         self, request_iterator: AsyncIterator[ingest_pb2.CreateJobRequest]
     ) -> ingest_pb2.CreateJobResponse:
-        first = await anext(aiter(request_iterator), None)
+        request_iterator = self._idle_bounded(request_iterator)
+        first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "spec":
             raise InvalidArgument("SPEC_REQUIRED", "the first CreateJob message must carry the JobSpec", field="spec")
         spec = jobs_pb2.JobSpec()
         spec.CopyFrom(first.spec)
+        check_job_spec(spec)  # before anything echoes a field back or stores it
         spec.config.CopyFrom(validate_config(spec.config, self.settings.default_model))
         # Glossary terms bias decoding; ids are pinned to id@version for post-processing.
         await apply_glossaries(self.glossaries, spec)
-        if len(spec.labels) > _MAX_LABELS:
-            raise InvalidArgument("TOO_MANY_LABELS", f"at most {_MAX_LABELS} labels", field="spec.labels")
         pool = await route(self.bus, self.settings, spec.config.model)
         await self._check_queue(pool)
 
@@ -92,24 +121,49 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         principal = current_principal()
         # Request ids are the caller's own namespace: two callers may use the same id.
         request_key = f"{principal.owner}\x00{spec.request_id}"
-        if spec.request_id:
-            existing = await self.jobs.claim_request(request_key, job_id)
-            if existing is not None:
-                with contextlib.suppress(NotFound):
-                    job = await self.jobs.get(existing)
-                    log.info("request id seen before; returning the existing job", extra={"job_id": existing})
-                    return ingest_pb2.CreateJobResponse(job=job, existing=True)
-                # The claimed job never came to exist (its creation failed): take the request id over.
-                await self.jobs.release_request(request_key)
-                if await self.jobs.claim_request(request_key, job_id) is not None:
-                    raise InvalidArgument("REQUEST_IN_FLIGHT", "a job with this request_id is being created")
+        claim: RequestClaim | None = None
+        while spec.request_id and claim is None:
+            # Waits while a concurrent call with the same request id creates its job.
+            claimed = await self.jobs.claim_request(request_key, job_id)
+            if isinstance(claimed, RequestClaim):
+                claim = claimed
+                break
+            with contextlib.suppress(NotFound):
+                job = await self.jobs.get(claimed)
+                log.info("request id seen before; returning the existing job", extra={"job_id": claimed})
+                return ingest_pb2.CreateJobResponse(job=job, existing=True)
+            # Deleted between the claim's look-up and ours: claim again.
+        keep_alive = asyncio.create_task(claim.keep_alive()) if claim is not None else None
         with job_context(job_id):
             try:
-                return await self._create(job_id, spec, pool, request_iterator, principal.owner)
+                response = await self._create(job_id, spec, pool, request_iterator, principal.owner)
             except BaseException:
-                if spec.request_id:
-                    await self.jobs.release_request(request_key)
+                if keep_alive is not None:
+                    keep_alive.cancel()
+                if claim is not None:
+                    await asyncio.shield(claim.release())
                 raise
+            if keep_alive is not None:
+                keep_alive.cancel()
+            if claim is not None:
+                await claim.confirm()
+            return response
+
+    async def _idle_bounded(
+        self, request_iterator: AsyncIterator[ingest_pb2.CreateJobRequest]
+    ) -> AsyncIterator[ingest_pb2.CreateJobRequest]:
+        """``request_iterator``, raising UploadIdle when the next message takes too long."""
+        timeout = self.settings.upload_idle_timeout_seconds
+        iterator = aiter(request_iterator)
+        while True:
+            try:
+                request = await asyncio.wait_for(anext(iterator), timeout if timeout > 0 else None)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                log.info("upload idle; abandoning it", extra={"idle_seconds": timeout})
+                raise UploadIdle(timeout) from None
+            yield request
 
     async def _create(
         self,
@@ -127,6 +181,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                 size = await self._spool(request_iterator, path)
             info = await asyncio.to_thread(probe, path)
             self._check_duration(info.duration)
+            await self._check_shape(path, info.duration, info.channels)
             key = audio_key(job_id)
             await self.store.put_file(AUDIO_BUCKET, key, path)
         job = jobs_pb2.Job(
@@ -163,6 +218,25 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             extra={"pool": pool, "stream_seq": seq, "audio_seconds": round(info.duration, 3), "bytes": size},
         )
         return ingest_pb2.CreateJobResponse(job=job)
+
+    async def _check_shape(self, path: Path, duration: float, channels: int) -> None:
+        """Channels within MAX_CHANNELS; the header's duration present in the bytes.
+
+        Raises:
+            InvalidArgument: ``TOO_MANY_CHANNELS``, ``TRUNCATED_AUDIO`` (field ``audio``).
+        """
+        if channels > MAX_CHANNELS:
+            raise InvalidArgument(
+                "TOO_MANY_CHANNELS", f"the audio has {channels} channels; the limit is {MAX_CHANNELS}",
+                field="audio", metadata={"channels": str(channels), "limit": str(MAX_CHANNELS)},
+            )
+        # FFmpeg measures a WAV by the bytes present; its header states what should be there.
+        stated = await asyncio.to_thread(header_duration, path)
+        if stated is not None and is_truncated(duration, stated):
+            raise InvalidArgument(
+                "TRUNCATED_AUDIO", truncated_message(duration, stated), field="audio",
+                metadata={"processed_seconds": f"{duration:.3f}", "audio_seconds": f"{stated:.3f}"},
+            )
 
     def _check_duration(self, duration: float | None) -> None:
         if duration is not None and duration > self.settings.max_audio_seconds:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from scribe.v1 import streaming_pb2, transcript_pb2
 from scribe_libs.callaudio import AudioEncoding, encoding_from_proto, validate_format
 from scribe_libs.errors import InvalidArgument
+from scribe_libs.limits import check_streaming_config
 from scribe_libs.recognition import validate_config
 from scribe_stream_gateway.config import Settings
 
@@ -65,8 +66,10 @@ def validate_streaming_config(config: streaming_pb2.StreamingConfig, settings: S
             ``UNSUPPORTED_CHANNELS``, ``CHANNEL_ROLES_MISMATCH`` (``config.channel_roles``),
             ``INVALID_ENDPOINTING`` (``config.endpointing_ms``), ``INVALID_MAX_SESSION_DURATION``, and the
             RecognitionConfig reasons (``UNKNOWN_LANGUAGE``, ``UNKNOWN_MODEL``, ``MODEL_LANGUAGE_MISMATCH``,
-            ``PROMPT_TOO_LONG``) with ``config.<field>``.
+            ``PROMPT_TOO_LONG``) with ``config.<field>``; ``FIELD_TOO_LONG`` / ``TOO_MANY_VALUES`` for any
+            string or repeated field over its :mod:`scribe_libs.limits` bound (labels included).
     """
+    check_streaming_config(config)
     encoding = encoding_from_proto(config.encoding, field="config.encoding")
     channels = config.audio_channel_count or 1
     validate_format(encoding, config.sample_rate_hertz, channels, field_prefix="config.")

@@ -10,7 +10,12 @@ Delivery guarantees (DESIGN.md, "Data flow (batch)"):
   second run overwrites rather than duplicates; a job already POSTPROCESSING only has its
   PostprocessTask re-sent;
 - undecodable audio is FAILED at once (``term()``); any other error is retried (``nak``) until
-  ``max_deliver``, then FAILED with the reason.
+  ``max_deliver``, then FAILED with the reason;
+- audio that decodes clearly shorter than ingest measured from its header (a truncated FLAC, an
+  upload cut short; tolerance :func:`scribe_libs.limits.truncation_tolerance`) is FAILED with
+  ``TRUNCATED_AUDIO`` and the decoded and stated seconds, not COMPLETED with a partial transcript.
+  Containers whose duration FFmpeg only estimates from the bitrate (MP3 without a Xing header,
+  raw AAC) are exempt: their estimate may differ from the decoded length either way.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from opentelemetry import trace
 from scribe.v1 import jobs_pb2, transcript_pb2
 from scribe_libs import bus as busmod
 from scribe_libs import metrics
+from scribe_libs.audio import probe
 from scribe_libs.errors import FailedPrecondition, InvalidArgument
 from scribe_libs.formats import render
 from scribe_libs.jobs import (
@@ -39,6 +45,7 @@ from scribe_libs.jobs import (
     is_terminal,
     raw_transcript_key,
 )
+from scribe_libs.limits import is_truncated, truncated_message
 from scribe_libs.logs import job_context
 from scribe_libs.objectstore import ObjectNotFound, ObjectStore
 from scribe_libs.telemetry import extract_context
@@ -50,6 +57,8 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 S = jobs_pb2.JobState
+#: Containers whose duration FFmpeg estimates from the bitrate when no header states it.
+_ESTIMATED_DURATION_CONTAINERS = frozenset({"mp3", "aac", "adts"})
 
 
 class Worker:
@@ -236,7 +245,10 @@ class Worker:
                 asyncio.create_task(self._report_progress(task.job_id, progress)),
             ]
             try:
-                return await decode
+                transcript, stopped = await decode
+                if not stopped:
+                    await self._check_complete(path, transcript.duration, task.audio_duration)
+                return transcript, stopped
             finally:
                 cancelled.set()  # stops the thread if we are unwinding on an error
                 done.set()
@@ -245,6 +257,15 @@ class Worker:
                 for helper in pending:
                     helper.cancel()
                     log.warning("job helper %s did not stop; cancelled", helper.get_coro())
+
+    async def _check_complete(self, path: Path, decoded: float, stated: float) -> None:
+        """Raise ``TRUNCATED_AUDIO`` when ``decoded`` seconds fall clearly short of ``stated``."""
+        if not is_truncated(decoded, stated):
+            return
+        info = await asyncio.to_thread(probe, path)
+        if info.container in _ESTIMATED_DURATION_CONTAINERS:
+            return
+        raise InvalidArgument("TRUNCATED_AUDIO", truncated_message(decoded, stated), field="audio")
 
     async def _heartbeat(self, msg: Msg, done: asyncio.Event) -> None:
         interval = max(self.settings.ack_wait_seconds / 3, 0.5)
