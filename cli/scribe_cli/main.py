@@ -205,7 +205,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
         print(f"error: key id {args.id!r} already in {path}", file=sys.stderr)
         return 2
     try:
-        key, entry = generate_key(args.id, args.owner or args.id, [s.strip() for s in args.scopes.split(",")])
+        key, entry = generate_key(args.id, args.owner or args.id, [s.strip() for s in args.scopes.split(",")],
+                                  service=args.service)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -262,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", help="key id, e.g. acme-2026-11")
     p.add_argument("--owner", help="whose jobs the key sees (default: the id); keys of one owner share jobs")
     p.add_argument("--scopes", default="jobs:write,jobs:read",
-                   help="comma-separated: jobs:write, jobs:read, stream, admin")
+                   help="comma-separated: jobs:write, jobs:read, stream, admin; internal with --service")
+    p.add_argument("--service", action="store_true",
+                   help="a service key (may hold scope internal, e.g. the stream gateway's worker key)")
     p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("workers", help="live worker profiles")

@@ -5,6 +5,13 @@ streams in ``nats/``, the local-directory object store lives in ``objects/``, lo
 ``logs/<service>.log``, and ``stack.json`` records pids and endpoints for ``scribe down`` and
 the other commands. Services bind free ports (port 0) and report them in ready files; the stack
 is up when every service's gRPC health says SERVING.
+
+API keys: ``api-keys.json`` (hashes only) is kept across ``scribe down`` / ``scribe up``, so
+keys made with ``scribe keys create --file ~/.scribe/api-keys.json`` stay valid. ``scribe up``
+only adds or refreshes its own two entries (:func:`prepare_keys`): ``embedded-admin`` (its key in
+``api-key``, kept while it still matches) and ``embedded-stream-gateway``, the gateway's service
+key (scope ``internal``, for Transcriber.Decode; a new one each ``up``, given to the gateway by
+environment and kept in no file).
 """
 
 from __future__ import annotations
@@ -23,11 +30,14 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from scribe_libs.auth import ApiKeyClientInterceptor, generate_key
+from scribe_libs.auth import ApiKeyClientInterceptor, generate_key, hash_key
 
 # stream_gateway: module scribe_stream_gateway, environment prefix SCRIBE_STREAM_GATEWAY_.
 SERVICES = ("results", "ingest", "postprocess", "stream_gateway", "transcriber")
 _START_TIMEOUT_SECONDS = 600.0
+#: Key-file entries ``scribe up`` owns; every other entry is the user's and is never touched.
+ADMIN_KEY_ID = "embedded-admin"
+GATEWAY_KEY_ID = "embedded-stream-gateway"
 _STOP_TIMEOUT_SECONDS = 30.0
 
 
@@ -109,6 +119,54 @@ def _nats_binary() -> str:
     return found
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (mode 0600) atomically: a reader sees the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def prepare_keys(root: Path) -> tuple[Path, str, str]:
+    """Make ``root/api-keys.json`` hold the stack's own keys, keeping every other entry.
+
+    ``embedded-admin`` keeps its key while ``root/api-key`` still matches its hash (else both get
+    a new one); ``embedded-stream-gateway`` (a service key, scope ``internal``) gets a new key on
+    every call. Entries with other ids, e.g. from ``scribe keys create``, are kept as they are.
+
+    Returns:
+        (key file, admin key, gateway service key).
+
+    Raises:
+        StackError: the key file exists but is not a JSON ``{"keys": [...]}`` document (it is left
+            as it is rather than overwritten).
+    """
+    keys_file = root / "api-keys.json"
+    data: dict = {"keys": []}
+    if keys_file.exists():
+        try:
+            data = json.loads(keys_file.read_text() or '{"keys": []}')
+            if not isinstance(data.get("keys"), list):
+                raise ValueError("no 'keys' list")
+        except (ValueError, AttributeError) as exc:
+            raise StackError(f"{keys_file} is not a key file ({exc}); fix or move it, then run `scribe up`") from exc
+    key_file = root / "api-key"
+    admin_key = key_file.read_text().strip() if key_file.exists() else ""
+    entries = {e.get("id"): e for e in data["keys"]}
+    admin_entry = entries.get(ADMIN_KEY_ID)
+    if not admin_key or admin_entry is None or admin_entry.get("sha256") != hash_key(admin_key) or (
+            admin_entry.get("disabled")):
+        admin_key, admin_entry = generate_key(ADMIN_KEY_ID, "local", ["admin"])
+        _write_private(key_file, admin_key + "\n")
+    gateway_key, gateway_entry = generate_key(GATEWAY_KEY_ID, "stream-gateway", ["internal"], service=True)
+    kept = [e for e in data["keys"] if e.get("id") not in (ADMIN_KEY_ID, GATEWAY_KEY_ID)]
+    data["keys"] = [admin_entry, gateway_entry, *kept]
+    _write_private(keys_file, json.dumps(data, indent=2) + "\n")
+    return keys_file, admin_key, gateway_key
+
+
 def up(options: UpOptions) -> dict:
     """Start NATS and the services; return the state written to ``stack.json``.
 
@@ -136,13 +194,7 @@ def up(options: UpOptions) -> dict:
         _wait_for(ports_file.exists, 30, "nats-server", procs)
         nats_url = json.loads(ports_file.read_text())["nats"][0]
 
-        keys_file = root / "api-keys.json"
-        key, entry = generate_key("embedded-admin", "local", ["admin"])
-        keys_file.write_text(json.dumps({"keys": [entry]}))
-        key_file = root / "api-key"
-        key_file.touch(mode=0o600)
-        key_file.chmod(0o600)
-        key_file.write_text(key + "\n")
+        keys_file, _, gateway_key = prepare_keys(root)
         common = {
             "NATS__URL": nats_url,
             "AUTH__KEYS_FILE": str(keys_file),
@@ -155,6 +207,8 @@ def up(options: UpOptions) -> dict:
             "GRACE_SECONDS": "5",
         }
         specific = {
+            # The gateway's own service key for Transcriber.Decode (scope `internal`).
+            "stream_gateway": {"WORKER_API_KEY": gateway_key},
             "ingest": {"POOLS": json.dumps({options.pool: options.models}), "DEFAULT_MODEL": options.models[0]},
             "transcriber": {
                 "POOL": options.pool,
@@ -200,7 +254,7 @@ def up(options: UpOptions) -> dict:
         "log_dir": str(log_dir),
         "models": options.models,
     }
-    state_file().write_text(json.dumps(state, indent=2))
+    _write_private(state_file(), json.dumps(state, indent=2))  # holds the gateway key (restart)
     return state
 
 
@@ -247,7 +301,7 @@ def restart(name: str, timeout: float = _START_TIMEOUT_SECONDS) -> dict:
     entry.update(pid=proc.pid, address=address)
     state = load_state() or state
     state["services"][name] = entry
-    state_file().write_text(json.dumps(state, indent=2))
+    _write_private(state_file(), json.dumps(state, indent=2))  # holds the gateway key (restart)
     return entry
 
 

@@ -18,6 +18,8 @@ class Stack:
         "alice": ("alice", ["jobs:write", "jobs:read", "stream"]),
         "bob": ("bob", ["jobs:write", "jobs:read"]),
         "alice-reader": ("alice", ["jobs:read"]),
+        # The gateway's service key for Transcriber.Decode (scope internal: no customer key has it).
+        "stream-gateway": ("stream-gateway", ["internal"]),
     }
 
     def __init__(self, nats_url: str, workdir: Path, auth: bool = True):
@@ -31,7 +33,7 @@ class Stack:
         self.keys: dict[str, str] = {}
         entries = []
         for name, (owner, scopes) in self.KEYS.items():
-            self.keys[name], entry = generate_key(name, owner, scopes)
+            self.keys[name], entry = generate_key(name, owner, scopes, service="internal" in scopes)
             entries.append(entry)
         self.keys_file = workdir / "api-keys.json"
         self.keys_file.write_text(json.dumps({"keys": entries}))
@@ -77,6 +79,8 @@ class Stack:
             values.update(pools={"cpu": ["tiny.en"]}, default_model="tiny.en", upload_dir=str(self.workdir))
         if service == "results":
             values.update(watch_poll_seconds=0.2)
+        if service == "stream_gateway" and self.auth:
+            values.update(worker_api_key=self.keys["stream-gateway"])
         values.update(overrides)
         return module.Settings(**values)
 

@@ -12,11 +12,21 @@ tokens (:func:`generate_key`), so an unsalted fast hash is enough: guessing a ke
 guessing the hash input (the reasoning GitHub and Stripe apply to their tokens); a slow password
 hash would only add latency to every call.
 
-Scopes: ``jobs:write`` (create, cancel, delete jobs), ``jobs:read`` (read jobs, transcripts,
-workers, glossaries), ``stream`` (live streaming and the transcriber's Decode), ``admin``
-(everything, every caller's jobs, glossary changes). A method not listed needs ``admin``
-(deny by default). Health and reflection are always open. Callers see only jobs whose
-``owner`` is theirs (an other caller's job is NOT_FOUND), unless admin.
+A call carries one credential. Two different keys in one call (``x-api-key`` and a Bearer
+token, or two ``x-api-key`` values) are UNAUTHENTICATED ``AMBIGUOUS_CREDENTIALS``: which one
+"wins" must not depend on header order. The same key sent twice is accepted.
+
+Scopes: ``jobs:write`` (create, cancel, delete jobs; create, change and delete the caller's own
+glossaries), ``jobs:read`` (read jobs, transcripts, workers, glossaries), ``stream`` (live
+streaming through the gateway), ``internal`` (the transcriber's own API, ``Transcriber/*``:
+Decode and GetProfile, called by the stream gateway with its service key), ``admin``
+(everything, every caller's jobs and glossaries). A method not listed needs ``admin`` (deny by
+default). Health and reflection are always open. Callers see only jobs and glossaries whose
+``owner`` is theirs (an other caller's is NOT_FOUND), unless admin.
+
+``internal`` is for service keys only: Decode bypasses the gateway's session cap, per-key quota
+and admission, so a customer key holding it could starve every live call.
+:func:`generate_key` refuses it unless ``service=True``.
 """
 
 from __future__ import annotations
@@ -41,7 +51,9 @@ from scribe_libs.errors import PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
 
-SCOPES = frozenset({"jobs:write", "jobs:read", "stream", "admin"})
+SCOPES = frozenset({"jobs:write", "jobs:read", "stream", "internal", "admin"})
+#: Scopes only service keys (:func:`generate_key` with ``service=True``) may hold.
+SERVICE_SCOPES = frozenset({"internal"})
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")
 #: Scope each RPC needs; anything else needs admin.
@@ -54,13 +66,15 @@ METHOD_SCOPES: dict[str, str] = {
     "/scribe.v1.Results/CancelJob": "jobs:write",
     "/scribe.v1.Results/DeleteJob": "jobs:write",
     "/scribe.v1.Results/ListWorkers": "jobs:read",
-    "/scribe.v1.Transcriber/GetProfile": "jobs:read",
-    "/scribe.v1.Transcriber/Decode": "stream",
+    # The transcriber's API is service-to-service (the gateway's worker key), never a customer's.
+    "/scribe.v1.Transcriber/GetProfile": "internal",
+    "/scribe.v1.Transcriber/Decode": "internal",
     "/scribe.v1.StreamGateway/StreamingRecognize": "stream",
     "/scribe.v1.Glossaries/GetGlossary": "jobs:read",
     "/scribe.v1.Glossaries/ListGlossaries": "jobs:read",
-    "/scribe.v1.Glossaries/PutGlossary": "admin",
-    "/scribe.v1.Glossaries/DeleteGlossary": "admin",
+    # Owner-scoped in scribe_libs.glossaries: a caller changes only its own glossaries.
+    "/scribe.v1.Glossaries/PutGlossary": "jobs:write",
+    "/scribe.v1.Glossaries/DeleteGlossary": "jobs:write",
 }
 
 
@@ -70,6 +84,10 @@ class AuthSettings(BaseModel):
     enabled: bool = Field(True, description="Require an API key on every RPC but health and reflection.")
     keys_file: str = Field("", description="JSON key file (hashes only), e.g. mounted from a Kubernetes Secret.")
     keys_json: SecretStr = Field(SecretStr(""), description="The key file's content, when given by environment.")
+    service_keys_file: str = Field(
+        "", description="A second key file, of service keys (same layout; e.g. the stream gateway's key with "
+        "scope internal, which charts/scribe generates apart from the operator's customer keys)."
+    )
 
 
 @dataclass(frozen=True)
@@ -106,8 +124,9 @@ def current_principal() -> Principal:
 def current_api_key() -> str:
     """The API key the caller of the RPC being served sent ("" when none).
 
-    The stream gateway forwards it on its Transcriber.Decode calls, so a live session needs no
-    extra credential: its caller already holds the ``stream`` scope Decode requires.
+    The stream gateway forwards it on its Transcriber.Decode calls only when it has no
+    ``worker_api_key`` (development: that works only for admin callers or transcribers without
+    auth, since Decode needs the ``internal`` scope).
     """
     return _current_key.get()
 
@@ -122,11 +141,28 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def generate_key(key_id: str, owner: str, scopes: list[str]) -> tuple[str, dict[str, Any]]:
-    """A new random key (``sk_`` + 43 url-safe characters = 256 bits) and its key-file entry."""
+def generate_key(key_id: str, owner: str, scopes: list[str], service: bool = False) -> tuple[str, dict[str, Any]]:
+    """A new random key (``sk_`` + 43 url-safe characters = 256 bits) and its key-file entry.
+
+    Args:
+        key_id: The entry's id.
+        owner: Whose jobs and glossaries the key sees.
+        scopes: Scopes from :data:`SCOPES`.
+        service: True for a service key (e.g. the stream gateway's worker key); only then may
+            ``scopes`` hold a :data:`SERVICE_SCOPES` scope (``internal``).
+
+    Raises:
+        ValueError: an unknown scope, or ``internal`` for a non-service key.
+    """
     unknown = set(scopes) - SCOPES
     if unknown:
         raise ValueError(f"unknown scopes {sorted(unknown)}; known: {sorted(SCOPES)}")
+    reserved = set(scopes) & SERVICE_SCOPES
+    if reserved and not service:
+        raise ValueError(
+            f"scope(s) {sorted(reserved)} are for service keys only (the stream gateway's worker key), "
+            "never a customer's key; ask for a service key explicitly"
+        )
     key = "sk_" + secrets.token_urlsafe(32)
     return key, {"id": key_id, "owner": owner, "sha256": hash_key(key), "scopes": sorted(scopes)}
 
@@ -140,6 +176,8 @@ class KeyRing:
         self._lock = threading.Lock()
         self._by_hash: dict[str, Principal] = {}
         self._mtime: float | None = None
+        self._service: dict[str, Principal] = {}
+        self._service_mtime: float | None = None
         self._checked = float("-inf")
         self._load(force=True)
 
@@ -157,17 +195,35 @@ class KeyRing:
         path = self.settings.keys_file
         if not path:
             self._by_hash = self._parse(self.settings.keys_json.get_secret_value())
+            self._load_service(force)
             return
         try:
             mtime = os.stat(path).st_mtime
         except FileNotFoundError:
-            log.error("API key file %s not found; every call is refused", path)
+            log.error("API key file %s not found; every customer call is refused", path)
             self._by_hash = {}
+            self._load_service(force)
             return
         if force or mtime != self._mtime:
             self._by_hash = self._parse(Path(path).read_text())
             self._mtime = mtime
             log.info("API keys loaded", extra={"keys": len(self._by_hash)})
+        self._load_service(force)
+
+    def _load_service(self, force: bool) -> None:
+        path = self.settings.service_keys_file
+        if not path:
+            return
+        try:
+            mtime = os.stat(path).st_mtime
+        except FileNotFoundError:
+            log.error("service key file %s not found; service calls are refused", path)
+            self._service = {}
+            return
+        if force or mtime != self._service_mtime:
+            self._service = self._parse(Path(path).read_text())
+            self._service_mtime = mtime
+            log.info("service keys loaded", extra={"keys": len(self._service)})
 
     def lookup(self, key: str) -> Principal | None:
         """The principal of ``key``, or None. Re-reads the key file at most once a second."""
@@ -179,26 +235,43 @@ class KeyRing:
                     self._load()
                 except (OSError, ValueError, KeyError) as exc:
                     log.error("API key file unreadable, keeping the previous keys: %s", exc)
-            return self._by_hash.get(hash_key(key))
+            digest = hash_key(key)
+            return self._by_hash.get(digest) or self._service.get(digest)
+
+
+def _keys_from(metadata: Any) -> set[str]:
+    """Every distinct key in ``x-api-key`` and ``authorization: Bearer`` metadata."""
+    keys = set()
+    for item in metadata or ():
+        name, value = item
+        text = value if isinstance(value, str) else value.decode()
+        if name == "x-api-key" and text.strip():
+            keys.add(text.strip())
+        elif name == "authorization" and text.lower().startswith("bearer ") and text[7:].strip():
+            keys.add(text[7:].strip())
+    return keys
 
 
 def _key_from(metadata: Any) -> str:
-    for item in metadata or ():
-        name, value = item
-        if name == "x-api-key":
-            return value if isinstance(value, str) else value.decode()
-        if name == "authorization":
-            text = value if isinstance(value, str) else value.decode()
-            if text.lower().startswith("bearer "):
-                return text[7:].strip()
-    return ""
+    """The call's one key ("" when none).
+
+    Raises:
+        Unauthenticated: ``AMBIGUOUS_CREDENTIALS`` when the call carries two different keys.
+    """
+    keys = _keys_from(metadata)
+    if len(keys) > 1:
+        raise Unauthenticated(
+            "AMBIGUOUS_CREDENTIALS",
+            "the call carries more than one different API key (x-api-key and/or authorization: Bearer); send one",
+        )
+    return next(iter(keys), "")
 
 
 def authorize(keyring: KeyRing | None, method: str, metadata: Any) -> Principal:
     """The caller's principal for ``method``.
 
     Raises:
-        Unauthenticated: ``API_KEY_MISSING`` or ``API_KEY_INVALID``.
+        Unauthenticated: ``API_KEY_MISSING``, ``API_KEY_INVALID`` or ``AMBIGUOUS_CREDENTIALS``.
         PermissionDenied: ``SCOPE_MISSING`` (the key lacks the method's scope).
     """
     if keyring is None:

@@ -11,6 +11,32 @@ after later puts; the bucket's own KV history, 10 revisions, would lose it):
   If a writer dies between the two writes, the version is still readable from ``g.<id>``.
 - ``t.<id>``: after a delete, the last version number, so re-creating the id continues the
   numbering and ``id@N`` never names two different glossaries.
+- ``o.<id>``: the id's owner, JSON ``{"owner": "acme"}``, created (compare-and-set) before the
+  first version. It outlives a delete, like ``t.<id>``: an id stays its owner's, so another
+  owner can never take over a name that an owner's streams or scripts still refer to.
+
+Ownership (the caller is :func:`scribe_libs.auth.current_principal`, or the ``principal``
+argument):
+
+- A glossary belongs to the owner of the key that first stored it. Ids are one namespace for
+  every owner (a pinned ``id@version`` must name one glossary for post-processing, which runs
+  with no caller).
+- Owner ``""`` means *shared*: readable and usable by every owner, changed only by admin keys.
+  Glossaries stored by an admin key are shared, and so are glossaries stored before owners
+  existed (no ``o.<id>``; only admin keys could store them then). This is the one way to
+  share: ``scribe.v1.Glossary`` has no owner or ``shared_with`` field to name owners with
+  (adding ``owner`` and ``repeated string shared_with`` to the proto is the way to finer
+  sharing, and to let an admin store a glossary *for* an owner).
+- A caller sees (List, Get, and refers to in a job's or stream's ``glossary_ids``) its own
+  owner's glossaries and the shared ones; an admin sees every glossary. Another owner's
+  glossary is ``NOT_FOUND`` ``GLOSSARY_NOT_FOUND``, the same answer as a missing one, so ids
+  and contents do not leak through reads.
+- Put and Delete: an owner changes only its own glossaries (scope ``jobs:write``); an admin
+  changes every glossary (an admin's update keeps the owner). PutGlossary on an id held by
+  another owner is PERMISSION_DENIED ``GLOSSARY_ID_TAKEN`` and on a shared one (by a non-admin)
+  PERMISSION_DENIED ``GLOSSARY_READ_ONLY``: a create must say why it failed, so a put reveals
+  that an id is taken, never what it holds. Prefix ids with the owner ("acme-terms") to avoid
+  collisions.
 
 Ids: 1-64 characters from ``A-Z a-z 0-9 _ -``, starting with a letter or digit (valid KV key
 tokens). A job refers to a glossary as ``id`` (latest at submission) or ``id@version``; ingest
@@ -20,6 +46,7 @@ versions decoding was biased with.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -29,7 +56,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysEr
 from nats.js.kv import KeyValue
 
 from scribe.v1 import glossary_pb2, jobs_pb2, transcript_pb2
-from scribe_libs.errors import FailedPrecondition, InvalidArgument, NotFound
+from scribe_libs.auth import Principal, current_principal
+from scribe_libs.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from scribe_libs.textproc import MAX_PROMPT_BYTES, Glossary, bias_terms, glossary_from_proto, validate_glossary
 
 log = logging.getLogger(__name__)
@@ -112,6 +140,20 @@ def validate_message(message: glossary_pb2.Glossary) -> None:
     validate_glossary(glossary_from_proto(message))
 
 
+#: Owner of shared glossaries (stored by admin keys, or before owners existed).
+SHARED = ""
+
+
+def visible(principal: Principal, owner: str) -> bool:
+    """True if ``principal`` may read and use a glossary owned by ``owner`` (own, shared, or admin)."""
+    return principal.admin or owner == SHARED or owner == principal.owner
+
+
+def writable(principal: Principal, owner: str) -> bool:
+    """True if ``principal`` may change or delete a glossary owned by ``owner`` (own, or admin)."""
+    return principal.admin or (owner != SHARED and owner == principal.owner)
+
+
 def _parse(data: bytes) -> glossary_pb2.Glossary:
     message = glossary_pb2.Glossary()
     message.ParseFromString(data)
@@ -134,6 +176,33 @@ class GlossaryStore:
             return None, int(entry.revision or 0)
         return _parse(entry.value), int(entry.revision or 0)
 
+    async def owner(self, glossary_id: str) -> str | None:
+        """The id's owner, or None for an id never stored.
+
+        The ``o.<id>`` record; ``SHARED`` for a glossary stored before owners existed (no record).
+        """
+        try:
+            entry = await self.kv.get(f"o.{glossary_id}")
+        except KeyNotFoundError:
+            entry = None
+        if entry is not None and entry.value:
+            return str(json.loads(entry.value)["owner"])
+        latest, _ = await self._latest(glossary_id)
+        return SHARED if latest is not None else None
+
+    async def _claim(self, glossary_id: str, principal: Principal) -> str:
+        """The id's owner, recording ``principal``'s (``SHARED`` for an admin) if it has none."""
+        owner = await self.owner(glossary_id)
+        if owner is not None:
+            return owner
+        claimed = SHARED if principal.admin else principal.owner
+        try:
+            await self.kv.create(f"o.{glossary_id}", json.dumps({"owner": claimed}).encode())
+        except KeyWrongLastSequenceError:
+            again = await self.owner(glossary_id)  # a concurrent first put won
+            return claimed if again is None else again
+        return claimed
+
     async def _tombstone(self, glossary_id: str) -> int:
         try:
             entry = await self.kv.get(f"t.{glossary_id}")
@@ -141,12 +210,15 @@ class GlossaryStore:
             return 0
         return int(entry.value or b"0")
 
-    async def put(self, message: glossary_pb2.Glossary, expected_version: int | None = None) -> glossary_pb2.Glossary:
-        """Validate and store ``message`` as a new version.
+    async def put(
+        self, message: glossary_pb2.Glossary, expected_version: int | None = None, principal: Principal | None = None
+    ) -> glossary_pb2.Glossary:
+        """Validate and store ``message`` as a new version, owned as the module docstring says.
 
         Args:
             message: The glossary; its version and times are ignored.
             expected_version: If given, the stored version must equal it (0: must not exist).
+            principal: The caller (default: the RPC's, :func:`~scribe_libs.auth.current_principal`).
 
         Returns:
             The glossary as stored (version 1 on first put, then +1; create/update times set).
@@ -155,8 +227,22 @@ class GlossaryStore:
             InvalidArgument: see :func:`validate_message`.
             FailedPrecondition: ``VERSION_CONFLICT`` when ``expected_version`` differs from the
                 stored version (also when a concurrent put won the race).
+            PermissionDenied: ``GLOSSARY_ID_TAKEN`` (the id is another owner's) or
+                ``GLOSSARY_READ_ONLY`` (a shared glossary, for a non-admin caller).
         """
         validate_message(message)
+        principal = principal or current_principal()
+        owner = await self._claim(message.id, principal)
+        if not writable(principal, owner):
+            if visible(principal, owner):
+                raise PermissionDenied(
+                    "GLOSSARY_READ_ONLY", f"glossary {message.id!r} is shared; only an admin key changes it",
+                    {"id": message.id},
+                )
+            raise PermissionDenied(
+                "GLOSSARY_ID_TAKEN", f"glossary id {message.id!r} is taken; choose another id (e.g. prefix your owner)",
+                {"id": message.id},
+            )
         for _ in range(_CAS_ATTEMPTS):
             current, revision = await self._latest(message.id)
             current_version = current.version if current else 0
@@ -189,10 +275,20 @@ class GlossaryStore:
             return stored
         raise FailedPrecondition("VERSION_CONFLICT", f"glossary {message.id!r} is being changed concurrently")
 
-    async def get(self, glossary_id: str, version: int = 0) -> glossary_pb2.Glossary:
-        """The latest version (``version`` 0) or a given one. Raises GlossaryNotFound."""
+    async def get(
+        self, glossary_id: str, version: int = 0, principal: Principal | None = None
+    ) -> glossary_pb2.Glossary:
+        """The latest version (``version`` 0) or a given one, if ``principal`` may see it.
+
+        Raises:
+            InvalidArgument: ``INVALID_GLOSSARY`` for a malformed id.
+            GlossaryNotFound: an unknown id or version, or another owner's glossary.
+        """
         check_id(glossary_id)
         ref = f"{glossary_id}@{version}" if version else glossary_id
+        owner = await self.owner(glossary_id)
+        if owner is None or not visible(principal or current_principal(), owner):
+            raise GlossaryNotFound(ref)
         latest, _ = await self._latest(glossary_id)
         if latest is None:
             raise GlossaryNotFound(ref)
@@ -208,26 +304,44 @@ class GlossaryStore:
             raise GlossaryNotFound(ref)
         return _parse(entry.value)
 
-    async def list(self) -> list[glossary_pb2.Glossary]:
-        """Latest version of every glossary, ordered by id."""
+    async def list(self, principal: Principal | None = None) -> list[glossary_pb2.Glossary]:
+        """Latest version of every glossary ``principal`` may see, ordered by id."""
+        principal = principal or current_principal()
         try:
             keys = await self.kv.keys()
         except NoKeysError:
             return []
         out = []
         for key in sorted(k for k in keys if k.startswith("g.")):
-            latest, _ = await self._latest(key.removeprefix("g."))
+            glossary_id = key.removeprefix("g.")
+            owner = await self.owner(glossary_id)
+            if owner is None or not visible(principal, owner):
+                continue
+            latest, _ = await self._latest(glossary_id)
             if latest is not None:
                 out.append(latest)
         return out
 
-    async def delete(self, glossary_id: str) -> None:
-        """Remove a glossary and all its versions. Raises GlossaryNotFound.
+    async def delete(self, glossary_id: str, principal: Principal | None = None) -> None:
+        """Remove a glossary and all its versions (the id stays its owner's, see the module docstring).
 
         Jobs that pinned a version of it and were not post-processed yet complete without it,
         with a note in their transcript.
+
+        Raises:
+            GlossaryNotFound: an unknown id, or another owner's glossary.
+            PermissionDenied: ``GLOSSARY_READ_ONLY`` for a shared glossary and a non-admin caller.
         """
-        latest, _ = await self._latest(check_id(glossary_id))
+        principal = principal or current_principal()
+        owner = await self.owner(check_id(glossary_id))
+        if owner is None or not visible(principal, owner):
+            raise GlossaryNotFound(glossary_id)
+        if not writable(principal, owner):
+            raise PermissionDenied(
+                "GLOSSARY_READ_ONLY", f"glossary {glossary_id!r} is shared; only an admin key deletes it",
+                {"id": glossary_id},
+            )
+        latest, _ = await self._latest(glossary_id)
         if latest is None:
             raise GlossaryNotFound(glossary_id)
         await self.kv.put(f"t.{glossary_id}", str(latest.version).encode())
@@ -239,13 +353,19 @@ class GlossaryStore:
                 pass
         log.info("glossary deleted", extra={"glossary_id": glossary_id, "version": latest.version})
 
-    async def resolve(self, refs: Sequence[str], field: str = "spec.glossary_ids") -> list[glossary_pb2.Glossary]:
-        """Fetch ``id`` / ``id@version`` references in order (duplicates ignored).
+    async def resolve(
+        self, refs: Sequence[str], field: str = "spec.glossary_ids", principal: Principal | None = None
+    ) -> list[glossary_pb2.Glossary]:
+        """Fetch ``id`` / ``id@version`` references in order (duplicates ignored), as ``principal`` sees them.
+
+        Ingest (CreateJob) and the stream gateway (a session's config) call this inside the
+        caller's RPC, so a job or stream can use only glossaries its caller may see.
 
         Raises:
             InvalidArgument: a malformed reference or more than MAX_GLOSSARIES_PER_JOB.
-            GlossaryNotFound: an unknown id or version.
+            GlossaryNotFound: an unknown id or version, or another owner's glossary.
         """
+        principal = principal or current_principal()
         parsed: list[tuple[str, int]] = []
         for ref in refs:
             item = parse_ref(ref, field)
@@ -255,7 +375,7 @@ class GlossaryStore:
             raise InvalidArgument(
                 "TOO_MANY_GLOSSARIES", f"at most {MAX_GLOSSARIES_PER_JOB} glossaries per job", field=field
             )
-        return [await self.get(glossary_id, version) for glossary_id, version in parsed]
+        return [await self.get(glossary_id, version, principal) for glossary_id, version in parsed]
 
 
 def _fit(existing: list[str], extra: list[str], max_bytes: int) -> list[str]:

@@ -375,9 +375,28 @@ def test_default_install_generates_an_admin_key_the_services_accept(render):
     (entry,) = keys_file["keys"]
     assert entry["scopes"] == ["admin"] and entry["sha256"] == hashlib.sha256(key.encode()).hexdigest()
     assert key not in json.dumps(keys_file)  # only the hash reaches the pods
-    for d in kind(docs, "Deployment"):  # the pods mount the keys file only, never the plain key
+    for d in kind(docs, "Deployment"):  # the pods mount the keys files only, never a plain key
         for volume in d["spec"]["template"]["spec"]["volumes"]:
             if volume["name"] == "api-keys":
-                assert [i["key"] for i in volume["secret"]["items"]] == ["api-keys.json"]
+                items = [i["key"] for src in volume["projected"]["sources"] for i in src["secret"]["items"]]
+                assert items == ["api-keys.json", "service-keys.json"]
     principal = KeyRing(AuthSettings(keys_json=json.dumps(keys_file))).lookup(key)
     assert principal is not None and "admin" in principal.scopes
+
+
+def test_gateway_gets_a_service_key_with_scope_internal(render):
+    """Transcriber.Decode needs scope internal; the chart generates the gateway's key for it."""
+    import base64
+    import hashlib
+    import json
+
+    docs = render()
+    (secret,) = [d for d in kind(docs, "Secret") if d["metadata"]["name"].endswith("-service-keys")]
+    key = base64.b64decode(secret["data"]["stream-gateway-key"]).decode()
+    (entry,) = json.loads(base64.b64decode(secret["data"]["service-keys.json"]))["keys"]
+    assert entry["scopes"] == ["internal"] and entry["sha256"] == hashlib.sha256(key.encode()).hexdigest()
+    gateway = next(d for d in kind(docs, "Deployment") if d["metadata"]["name"].endswith("stream-gateway"))
+    env = {v["name"]: v for v in gateway["spec"]["template"]["spec"]["containers"][0]["env"]}
+    ref = env["SCRIBE_STREAM_GATEWAY_WORKER_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": secret["metadata"]["name"], "key": "stream-gateway-key"}
+    assert env["SCRIBE_STREAM_GATEWAY_AUTH__SERVICE_KEYS_FILE"]["value"].endswith("/service-keys.json")

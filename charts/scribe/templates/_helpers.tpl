@@ -214,6 +214,10 @@ secretKey: {{ .Values.objectStore.secretKeyKey }}
 {{- end }}
 
 {{/* Secret holding the hashed API keys file. */}}
+{{- define "scribe.serviceKeysSecretName" -}}
+{{- printf "%s-service-keys" (include "scribe.fullname" .) }}
+{{- end }}
+
 {{- define "scribe.authSecretName" -}}
 {{- default (printf "%s-api-keys" (include "scribe.fullname" .)) .Values.auth.existingSecret }}
 {{- end }}
@@ -286,6 +290,8 @@ The service's own variables come before common.extraEnv and the service's extraE
       key: {{ $store.secretKey }}
 - name: {{ $p }}AUTH__KEYS_FILE
   value: {{ printf "%s/%s" $root.Values.auth.mountPath $root.Values.auth.secretKey | quote }}
+- name: {{ $p }}AUTH__SERVICE_KEYS_FILE
+  value: {{ printf "%s/service-keys.json" $root.Values.auth.mountPath | quote }}
 # Every service declares the scribe_jobs bucket with this TTL: they must all agree.
 - name: {{ $p }}RETENTION_DAYS
   value: {{ $root.Values.results.retentionDays | quote }}
@@ -318,12 +324,20 @@ needs), then common.extraVolumes.
   emptyDir:
     sizeLimit: {{ .Values.common.tmpSizeLimit }}
 - name: api-keys
-  secret:
-    secretName: {{ include "scribe.authSecretName" . }}
+  # The customer keys file and the chart's service keys file side by side in auth.mountPath.
+  projected:
     defaultMode: 0440
-    items:
-      - key: {{ .Values.auth.secretKey }}
-        path: {{ .Values.auth.secretKey }}
+    sources:
+      - secret:
+          name: {{ include "scribe.authSecretName" . }}
+          items:
+            - key: {{ .Values.auth.secretKey }}
+              path: {{ .Values.auth.secretKey }}
+      - secret:
+          name: {{ include "scribe.serviceKeysSecretName" . }}
+          items:
+            - key: service-keys.json
+              path: service-keys.json
 {{- with .Values.common.extraVolumes }}
 {{ toYaml . }}
 {{- end }}

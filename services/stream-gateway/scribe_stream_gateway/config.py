@@ -16,6 +16,13 @@ class Settings(ServiceSettings):
     max_sessions: int = Field(
         32, description="Concurrent sessions per gateway; more are refused with RESOURCE_EXHAUSTED and RetryInfo."
     )
+    max_sessions_per_key: int = Field(
+        8, ge=0,
+        description="Concurrent sessions one API key may hold on this gateway (admin keys and a gateway without "
+        "auth are exempt); more are refused with RESOURCE_EXHAUSTED KEY_SESSION_QUOTA and RetryInfo, so one "
+        "caller cannot take every slot of max_sessions or of the workers' measured capacity. 0 = no per-key cap. "
+        "The default, a quarter of max_sessions' default, leaves room for at least four callers.",
+    )
     retry_after_seconds: float = Field(5.0, description="RetryInfo delay sent with a refused session.")
     default_model: str = Field(
         "", description="Model of sessions that name none; empty = each worker's realtime model."
@@ -59,5 +66,8 @@ class Settings(ServiceSettings):
     job_pool: str = Field("stream", description="Pool name recorded on the job of a stored call.")
     worker_api_key: SecretStr = Field(
         SecretStr(""),
-        description="API key (scope `stream`) for Transcriber.Decode calls; empty forwards the caller's own key.",
+        description="Service key (scope `internal`, made with generate_key(..., service=True)) for "
+        "Transcriber.Decode calls. Required when the transcribers check keys: Decode needs `internal`, which no "
+        "customer key holds. Empty forwards the caller's own key (development only: works for admin callers or "
+        "transcribers without auth).",
     )

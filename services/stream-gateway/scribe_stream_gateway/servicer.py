@@ -107,8 +107,8 @@ class StreamGatewayServicer(streaming_pb2_grpc.StreamGatewayServicer):
                 live_text = await load_live_text(first.config, options.hotwords, self.glossaries)
                 try:
                     placement = await self.workers.admit(options.model, options.channels)
-                except ResourceExhausted:
-                    metrics.stream_sessions_refused.add(1, {"reason": "REALTIME_CAPACITY_FULL"})
+                except ResourceExhausted as exc:
+                    metrics.stream_sessions_refused.add(1, {"reason": exc.reason})
                     raise
                 job_id = new_job_id()
                 span.set_attribute("scribe.job_id", job_id)

@@ -13,6 +13,16 @@ larger of this gateway's sessions placed there and the worker's advertised ``rea
 RESOURCE_EXHAUSTED ``REALTIME_CAPACITY_FULL`` and RetryInfo, before any audio is read: the calls
 already running keep their latency instead of all falling behind together.
 
+Per-key quota: one API key holds at most ``max_sessions_per_key`` sessions on this gateway at once
+(0: no cap; admin keys and a gateway without auth are exempt). A session over it is refused with
+RESOURCE_EXHAUSTED ``KEY_SESSION_QUOTA`` and RetryInfo before any worker slot is taken, so one
+caller cannot fill ``max_sessions`` or the workers' capacity and push the other callers' latency
+up. The count is per gateway replica (sessions are long-lived gRPC streams pinned to one replica);
+the cluster-wide bound is replicas x ``max_sessions_per_key``.
+
+Decode calls carry the gateway's service key (``worker_api_key``, scope ``internal``): the
+transcriber's API is not a customer API (it has no session cap, quota or admission of its own).
+
 Windows go to the session's worker first; the other candidates, most free slots first, are the
 failover order.
 
@@ -37,7 +47,7 @@ import grpc
 
 from scribe.v1 import transcriber_pb2, transcriber_pb2_grpc
 from scribe_libs import metrics
-from scribe_libs.auth import current_api_key
+from scribe_libs.auth import current_api_key, current_principal
 from scribe_libs.bus import WORKER_HEARTBEAT_SECONDS, Bus
 from scribe_libs.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from scribe_libs.queue import live_profiles
@@ -73,6 +83,8 @@ class Placement:
     endpoint: str
     worker_id: str
     slots: int
+    key_id: str = ""
+    """The API key the session counts against (``""``: not counted, exempt from the quota)."""
 
 
 class WorkerPool:
@@ -93,9 +105,11 @@ class WorkerPool:
         self._cooldown_until: dict[str, float] = {}
         self._refresh_lock = asyncio.Lock()
         self._placed: dict[str, int] = defaultdict(int)
+        """Slots (channels) of this gateway's sessions per worker endpoint."""
         self._recent: dict[str, dict[str, float]] = defaultdict(dict)
         """Per worker endpoint: session ids this gateway sent windows for, and when last."""
-        """Slots (channels) of this gateway's sessions per worker endpoint."""
+        self._per_key: dict[str, int] = defaultdict(int)
+        """Admitted sessions per API key id (quota-counted keys only)."""
 
     async def profiles(self, refresh: bool = False) -> list[transcriber_pb2.WorkerProfile]:
         """Realtime-capable profiles, re-read at most every ``profile_refresh_seconds`` unless ``refresh``."""
@@ -149,16 +163,36 @@ class WorkerPool:
         others = max(profile.realtime_sessions - len(recent), 0)
         return profile.realtime_capacity - self._placed[profile.endpoint] - others
 
+    def sessions_of(self, key_id: str) -> int:
+        """Sessions of API key ``key_id`` admitted here and not released yet."""
+        return self._per_key.get(key_id, 0)
+
+    def _quota_key(self) -> str:
+        """The caller's key id when its sessions count against ``max_sessions_per_key``, else ""."""
+        principal = current_principal()
+        if self.settings.max_sessions_per_key <= 0 or principal.admin or not principal.key_id:
+            return ""
+        return principal.key_id
+
     async def admit(self, model: str, slots: int) -> Placement:
         """Place a new session of ``slots`` channels on the worker with the most free slots.
+
+        Called inside the caller's StreamingRecognize, whose key (:func:`current_principal`)
+        the session counts against.
 
         Raises:
             Unavailable: ``NO_REALTIME_WORKER`` (see :meth:`check_model`).
             FailedPrecondition: ``MODEL_NOT_SERVED``.
-            ResourceExhausted: ``REALTIME_CAPACITY_FULL`` with RetryInfo when no worker has room.
+            ResourceExhausted: ``KEY_SESSION_QUOTA`` with RetryInfo when the caller's key already
+                holds ``max_sessions_per_key`` sessions; ``REALTIME_CAPACITY_FULL`` with RetryInfo
+                when no worker has room.
         """
+        key_id = self._quota_key()
+        self._check_quota(key_id)
         await self.check_model(model)
         candidates = self.candidates(await self.profiles(), model)
+        # Checked again with no await before the count is taken: concurrent admits of one key.
+        self._check_quota(key_id)
         best = candidates[0] if candidates else None
         if best is None or self.free_slots(best) < slots:
             total = sum(p.realtime_capacity for p in candidates)
@@ -169,11 +203,29 @@ class WorkerPool:
                 subject="stream-gateway:realtime-capacity", retry_after=self.settings.retry_after_seconds,
             )
         self._placed[best.endpoint] += slots
+        if key_id:
+            self._per_key[key_id] += 1
         metrics.realtime_sessions_placed.add(slots, {"worker_id": best.worker_id})
-        return Placement(best.endpoint, best.worker_id, slots)
+        return Placement(best.endpoint, best.worker_id, slots, key_id)
+
+    def _check_quota(self, key_id: str) -> None:
+        limit = self.settings.max_sessions_per_key
+        if key_id and self._per_key.get(key_id, 0) >= limit:
+            raise ResourceExhausted(
+                "KEY_SESSION_QUOTA",
+                f"API key {key_id!r} already holds its maximum of {limit} concurrent streaming sessions on this "
+                "gateway; end one or retry later",
+                subject=f"stream-gateway:key-sessions:{key_id}", retry_after=self.settings.retry_after_seconds,
+            )
 
     def release(self, placement: Placement) -> None:
-        """Give a session's slots back."""
+        """Give a session's slots (and its place in its key's quota) back."""
+        if placement.key_id:
+            left = self._per_key.get(placement.key_id, 0) - 1
+            if left > 0:
+                self._per_key[placement.key_id] = left
+            else:
+                self._per_key.pop(placement.key_id, None)
         self._placed[placement.endpoint] = max(self._placed[placement.endpoint] - placement.slots, 0)
         metrics.realtime_sessions_placed.add(-placement.slots, {"worker_id": placement.worker_id})
 
@@ -206,8 +258,8 @@ class WorkerPool:
                     if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                         raise FailedPrecondition(
                             "WORKER_AUTH_FAILED",
-                            f"the transcriber refused the forwarded API key ({exc.code().name}); the caller's key "
-                            "or SCRIBE_STREAM_GATEWAY_WORKER_API_KEY needs scope 'stream'",
+                            f"the transcriber refused the gateway's Decode credential ({exc.code().name}): "
+                            "SCRIBE_STREAM_GATEWAY_WORKER_API_KEY must be a service key with scope 'internal'",
                         ) from exc
                     if exc.code() not in RETRYABLE:
                         raise
@@ -243,7 +295,8 @@ class WorkerPool:
         if request.session_id:
             self._recent[profile.endpoint][request.session_id] = time.monotonic()
         try:
-            # A configured worker key, else the caller's own key (it has the `stream` scope).
+            # The gateway's service key (scope `internal`); without one, the caller's own key, which
+            # passes only for admin callers or transcribers without auth (development).
             key = self.settings.worker_api_key.get_secret_value() or current_api_key()
             metadata = ((("x-api-key", key),) if key else None)
             return await stub.Decode(request, timeout=self.settings.decode_timeout_seconds, metadata=metadata)

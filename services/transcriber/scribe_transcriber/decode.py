@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from faster_whisper.tokenizer import _LANGUAGE_CODES
 
 from scribe.v1 import transcriber_pb2, transcript_pb2
 from scribe_libs import metrics
@@ -68,7 +69,8 @@ from scribe_libs.audio import WHISPER_SAMPLE_RATE
 from scribe_libs.callaudio import AudioEncoding, decode_samples
 from scribe_libs.devices import RealtimeServing
 from scribe_libs.errors import FailedPrecondition, InvalidArgument, Unavailable
-from scribe_libs.streaming.policy import looks_looping
+from scribe_libs.recognition import MAX_HOTWORDS, MAX_PROMPT_CHARS
+from scribe_libs.streaming.policy import PROMPT_CHARS, looks_looping
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,18 @@ APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 SESSION_IDLE_SECONDS = 10.0
 #: Longest ``session_id`` accepted (characters).
 MAX_SESSION_ID_CHARS = 128
+#: Longest ``DecodeRequest.prompt`` (characters): the gateway's prompt is a stream's committed
+#: text, at most ``scribe_libs.streaming.policy.PROMPT_CHARS`` (200) characters, so at most 800
+#: UTF-8 bytes. Whisper keeps only the last 223 prompt tokens anyway; a longer prompt is only
+#: tokenizer work (a 3.5 MB prompt took the worker's decode slot for seconds).
+MAX_DECODE_PROMPT_CHARS = PROMPT_CHARS
+#: ``DecodeRequest.hotwords``: at most this many terms, space-joined at most
+#: ``MAX_DECODE_HOTWORDS_CHARS`` characters. The gateway sends a session's hotwords as
+#: ``scribe_libs.recognition.validate_config`` checked them (100 terms, 1000 characters), merged
+#: with glossary terms only up to 200 bytes in all (``scribe_libs.glossaries.biased``), so it
+#: never exceeds these.
+MAX_DECODE_HOTWORDS = MAX_HOTWORDS
+MAX_DECODE_HOTWORDS_CHARS = MAX_PROMPT_CHARS
 #: The capacity probe: 7.7 s of espeak-ng speech (a typical streaming window, under the ~10 s the
 #: gateway's buffer trimming keeps windows to).
 PROBE_WAV = Path(__file__).with_name("probe_speech.wav")
@@ -480,10 +494,30 @@ class DecodeScheduler:
     def window_from(self, request: transcriber_pb2.DecodeRequest) -> tuple[Window, str]:
         """Validate a request into a window and model name.
 
+        Every limit is one the stream gateway's own windows stay within, so only a window that
+        did not come through the gateway's validation is refused.
+
         Raises:
-            InvalidArgument: bad audio (see :func:`window_samples`), ``INVALID_SESSION_ID``.
+            InvalidArgument: bad audio (see :func:`window_samples`: empty, odd bytes, over
+                ``MAX_WINDOW_SECONDS``), ``INVALID_SESSION_ID``, ``PROMPT_TOO_LONG`` (prompt over
+                ``MAX_DECODE_PROMPT_CHARS``), ``TOO_MANY_HOTWORDS`` (over ``MAX_DECODE_HOTWORDS``
+                terms or ``MAX_DECODE_HOTWORDS_CHARS`` characters), ``UNKNOWN_LANGUAGE`` (not ""
+                and not a Whisper language code; the gateway sends validated codes).
             FailedPrecondition: ``MODEL_NOT_LOADED`` when the model is not resident here.
         """
+        if len(request.prompt) > MAX_DECODE_PROMPT_CHARS:
+            raise InvalidArgument(
+                "PROMPT_TOO_LONG", f"prompt is at most {MAX_DECODE_PROMPT_CHARS} characters (the stream's committed "
+                "text; Whisper keeps only its last 223 tokens)", field="prompt",
+            )
+        hotwords = [h.strip() for h in request.hotwords if h.strip()]
+        if len(hotwords) > MAX_DECODE_HOTWORDS or len(" ".join(hotwords)) > MAX_DECODE_HOTWORDS_CHARS:
+            raise InvalidArgument(
+                "TOO_MANY_HOTWORDS", f"hotwords are at most {MAX_DECODE_HOTWORDS} terms and "
+                f"{MAX_DECODE_HOTWORDS_CHARS} characters", field="hotwords",
+            )
+        if request.language and request.language not in _LANGUAGE_CODES:
+            raise InvalidArgument("UNKNOWN_LANGUAGE", f"unknown language {request.language[:16]!r}", field="language")
         audio = window_samples(request.audio)
         if len(request.session_id) > MAX_SESSION_ID_CHARS:
             raise InvalidArgument(
@@ -496,7 +530,7 @@ class DecodeScheduler:
             )
         window = Window(
             audio=audio, prompt=request.prompt, language=request.language,
-            hotwords=" ".join(h.strip() for h in request.hotwords if h.strip()),
+            hotwords=" ".join(hotwords),
             word_timestamps=request.word_timestamps,
         )
         return window, model
