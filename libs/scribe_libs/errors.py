@@ -4,20 +4,36 @@ Every error carries ``google.rpc.ErrorInfo(domain="scribe.dev", reason=...)`` pl
 code calls for (DESIGN.md, "Errors"): ``BadRequest`` for INVALID_ARGUMENT, ``QuotaFailure`` and
 ``RetryInfo`` for RESOURCE_EXHAUSTED, ``ResourceInfo`` for NOT_FOUND. Unknown exceptions become
 INTERNAL with an error id that is also logged; no traceback reaches the caller.
+
+A backend outage is not a bug: the exceptions nats-py raises while the broker cannot be reached
+(connection closed, reconnecting, request timeouts, JetStream "no responders"/503) leave as
+UNAVAILABLE, reason ``BROKER_UNAVAILABLE``, with ``RetryInfo`` (clients retry UNAVAILABLE); the
+object store raises :class:`Unavailable` (``OBJECT_STORE_UNAVAILABLE``) itself.
+
+:class:`Dependency` is the other half: each backend a service instance uses (its NATS connection,
+its object store) registers one in :func:`current_dependencies`, the instance's set, and keeps it
+up to date; the gRPC server (scribe_libs.server) reports NOT_SERVING while any is unavailable. The
+set is per asyncio context: the bus, the store and the server a service's ``create_server`` makes
+(in one task) share it, with no service code involved.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import inspect
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from nats import errors as nats_errors
+from nats.js import errors as js_errors
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +160,174 @@ class PermissionDenied(ScribeError):
 
 
 class Unavailable(ScribeError):
-    """UNAVAILABLE: a dependency (NATS, object store) cannot be reached; retrying may help."""
+    """UNAVAILABLE: a dependency (NATS, object store) cannot be reached; retrying may help.
+
+    Args:
+        retry_after: Seconds after which a retry may succeed, sent as ``RetryInfo``; None: none sent.
+    """
 
     code = grpc.StatusCode.UNAVAILABLE
+
+    def __init__(
+        self, reason: str, message: str, metadata: dict[str, str] | None = None, retry_after: float | None = None
+    ):
+        super().__init__(reason, message, metadata)
+        self.retry_after = retry_after
+
+    def details(self) -> list[Any]:
+        """RetryInfo when retry_after is set."""
+        if self.retry_after is None:
+            return []
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(self.retry_after * 1e9))
+        return [error_details_pb2.RetryInfo(retry_delay=delay)]
+
+
+#: Reason of a call that failed because NATS could not be reached.
+BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
+#: Seconds a caller is told to wait before retrying after a broker error (nats-py reconnects
+#: every 2 s by default, ``reconnect_time_wait``).
+BROKER_RETRY_SECONDS = 1.0
+
+#: What nats-py raises when the broker cannot be reached, as opposed to a logic error (a bad
+#: subject, a missing key): the connection closed, draining or reconnecting, the outbound buffer
+#: full during a reconnect, a request unanswered (TimeoutError, and its FlushTimeout and
+#: FetchTimeout), no server left, no JetStream responder, JetStream 503 / no stream response.
+BROKER_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    nats_errors.ConnectionClosedError,
+    nats_errors.ConnectionDrainingError,
+    nats_errors.ConnectionReconnectingError,
+    nats_errors.NoServersError,
+    nats_errors.NoRespondersError,
+    nats_errors.OutboundBufferLimitError,
+    nats_errors.StaleConnectionError,
+    nats_errors.TimeoutError,
+    js_errors.ServiceUnavailableError,
+    js_errors.NoStreamResponseError,
+)
+
+
+def broker_unavailable(exc: BaseException) -> Unavailable:
+    """The :class:`Unavailable` (``BROKER_UNAVAILABLE``, 1 s RetryInfo) a broker outage error becomes."""
+    return Unavailable(
+        BROKER_UNAVAILABLE,
+        f"the message broker (NATS) is unavailable ({type(exc).__name__}); retry later",
+        retry_after=BROKER_RETRY_SECONDS,
+    )
+
+
+# --- dependencies: what health follows -----------------------------------------------------------
+
+
+class Dependency:
+    """One backend a service instance needs (its NATS connection, its object store).
+
+    The owner keeps it current: :meth:`mark` from connection callbacks or failed calls, and/or a
+    ``probe`` that the gRPC server runs every few seconds (scribe_libs.server). While any
+    dependency of an instance is unavailable, the instance's health is NOT_SERVING.
+
+    Args:
+        name: What it is, for logs, e.g. ``"nats"`` or ``"object store"``.
+        probe: Optional cheap call that raises when the backend cannot be reached (e.g. a bucket
+            HEAD); the server bounds it with a timeout.
+    """
+
+    def __init__(self, name: str, probe: Callable[[], Awaitable[object]] | None = None):
+        self.name = name
+        self.probe = probe
+        self.available = True
+        self.detail = ""
+        self.since = time.monotonic()
+        self.scope: Dependencies | None = None
+        self._probing: asyncio.Task[object] | None = None
+
+    def mark(self, available: bool, detail: str = "") -> None:
+        """Record whether the backend is reachable now; logs and notifies the health on a change."""
+        if available == self.available:
+            return
+        self.available, self.detail, self.since = available, detail, time.monotonic()
+        if available:
+            log.info("%s is reachable again", self.name, extra={"dependency": self.name})
+        else:
+            log.warning("%s is unavailable: %s", self.name, detail, extra={"dependency": self.name})
+        if self.scope is not None:
+            self.scope.changed()
+
+    async def check(self, timeout: float) -> bool:
+        """Run the probe (at most one at a time; unavailable if it raises or takes over ``timeout`` s).
+
+        A probe that overran keeps running (a blocking call in a thread cannot be cancelled); the
+        next check waits for it instead of starting another. Without a probe, the current state.
+        """
+        if self.probe is None:
+            return self.available
+        if self._probing is None or self._probing.done():
+            self._probing = asyncio.ensure_future(self.probe())
+        done, _ = await asyncio.wait({self._probing}, timeout=timeout)
+        if not done:
+            self.mark(False, f"no answer within {timeout:.0f} s")
+            return False
+        exc = self._probing.exception()
+        self.mark(exc is None, "" if exc is None else f"{type(exc).__name__}: {exc}")
+        return exc is None
+
+
+class Dependencies:
+    """The dependencies of one service instance, and who to tell when one changes (its health)."""
+
+    def __init__(self) -> None:
+        self.items: list[Dependency] = []
+        self._listeners: list[Callable[[], None]] = []
+
+    def add(self, dependency: Dependency) -> Dependency:
+        """Register ``dependency`` (its health now counts); returns it."""
+        dependency.scope = self
+        self.items.append(dependency)
+        self.changed()
+        return dependency
+
+    def remove(self, dependency: Dependency) -> None:
+        """Unregister (a deliberately closed connection is no outage)."""
+        if dependency in self.items:
+            self.items.remove(dependency)
+            dependency.scope = None
+            self.changed()
+
+    def unavailable(self) -> list[Dependency]:
+        """The dependencies that are unavailable now."""
+        return [d for d in self.items if not d.available]
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (synchronously, on the event loop) whenever the set or a state changes."""
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener``."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def changed(self) -> None:
+        """Tell the listeners."""
+        for listener in list(self._listeners):
+            listener()
+
+
+_dependencies: contextvars.ContextVar[Dependencies | None] = contextvars.ContextVar(
+    "scribe_dependencies", default=None
+)
+
+
+def current_dependencies() -> Dependencies:
+    """The dependency set of the service instance being built in this context (made on first use).
+
+    A service's ``create_server`` connects the bus, opens the store and starts the gRPC server
+    in one task, so all three find the same set; tasks it creates inherit it.
+    """
+    scope = _dependencies.get()
+    if scope is None:
+        scope = Dependencies()
+        _dependencies.set(scope)
+    return scope
 
 
 def _internal(exc: BaseException) -> status_pb2.Status:
@@ -168,6 +349,9 @@ async def _abort(context: grpc.aio.ServicerContext, status: status_pb2.Status) -
 def _status_for(exc: BaseException) -> status_pb2.Status:
     if isinstance(exc, ScribeError):
         return exc.to_status()
+    if isinstance(exc, BROKER_OUTAGE_ERRORS):
+        log.warning("call failed, broker unavailable: %r", exc)
+        return broker_unavailable(exc).to_status()
     return _internal(exc)
 
 
@@ -200,7 +384,7 @@ def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns ScribeError into its rich status and anything else into INTERNAL with an error id."""
+    """Turns ScribeError into its rich status, a broker outage into UNAVAILABLE, the rest into INTERNAL."""
 
     async def intercept_service(
         self,

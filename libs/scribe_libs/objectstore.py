@@ -12,7 +12,13 @@ single-machine mode. Both behave the same to a caller, which one contract test s
   bucket never declared with ``ensure_bucket`` raise ``BucketNotFound``; ``delete``,
   ``delete_prefix``, ``list_keys`` and ``exists`` treat a missing bucket as an empty one;
 * a server that cannot be reached (connection refused, 5xx after the client's retries) is
-  ``Unavailable`` (reason ``OBJECT_STORE_UNAVAILABLE``), so callers may retry.
+  ``Unavailable`` (reason ``OBJECT_STORE_UNAVAILABLE``, RetryInfo 1 s), so callers may retry.
+
+Health: :func:`open_store` registers the store as a :class:`~scribe_libs.errors.Dependency` of
+the service instance being built (``current_dependencies``), with a cheap probe (S3: a HEAD of
+a bucket the service ensured, through a client without retries; local: the root is a
+directory). A call that finds the server unreachable marks it unavailable at once; the probe
+that the gRPC server runs every few seconds marks it available again (scribe_libs.server).
 
 One difference is inherent to a file system: the local store cannot hold both ``a`` and ``a/b``
 (a file cannot also be a directory); such a put raises ``InvalidArgument`` (reason
@@ -47,7 +53,7 @@ from minio.error import MinioException, S3Error, ServerError
 from minio.lifecycleconfig import Expiration, LifecycleConfig, Rule
 from pydantic import Field, SecretStr
 
-from scribe_libs.errors import InvalidArgument, NotFound, Unavailable
+from scribe_libs.errors import Dependency, InvalidArgument, NotFound, Unavailable, current_dependencies
 
 __all__ = [
     "BucketNotFound",
@@ -277,10 +283,14 @@ def parse_uri(uri: str) -> tuple[str, str]:
 
 
 def open_store(settings: StoreSettings) -> ObjectStore:
-    """The store ``settings.kind`` names. Builds a client only; no I/O until the first call."""
-    if settings.kind == "s3":
-        return S3Store(settings)
-    return LocalStore(settings.root)
+    """The store ``settings.kind`` names. Builds a client only; no I/O until the first call.
+
+    The store becomes a dependency of the service instance being built in this context, so its
+    health follows the store (see the module docstring).
+    """
+    store: S3Store | LocalStore = S3Store(settings) if settings.kind == "s3" else LocalStore(settings.root)
+    store.dependency = current_dependencies().add(Dependency("object store", probe=store.probe))
+    return store
 
 
 # --- local directory --------------------------------------------------------------------------
@@ -352,6 +362,12 @@ class LocalStore(_ExistsFromStat):
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self.dependency: Dependency | None = None
+
+    async def probe(self) -> None:
+        """Raise ``OSError`` unless the root is a directory (e.g. its volume went away)."""
+        if not await asyncio.to_thread(self.root.is_dir):
+            raise FileNotFoundError(f"object store root {self.root} is not a directory")
 
     # paths
     def _bucket_dir(self, bucket: str) -> Path:
@@ -603,6 +619,44 @@ class S3Store(_ExistsFromStat):
             region=settings.region,
             http_client=http_client,
         )
+        # Probes go through their own client: no retries and short timeouts, so a probe answers
+        # within seconds either way (the main client retries a refused connection with backoff).
+        self._probe_client = Minio(
+            settings.endpoint,
+            access_key=settings.access_key.get_secret_value(),
+            secret_key=settings.secret_key.get_secret_value(),
+            secure=settings.secure,
+            region=settings.region,
+            http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=3.0), retries=False),
+        )
+        self._probe_bucket: str | None = None
+        self.dependency: Dependency | None = None
+
+    async def probe(self) -> None:
+        """One cheap request (HEAD of the first bucket ``ensure_bucket`` saw, else list buckets).
+
+        Any answer, even "no such bucket", means the server is reachable. Raises ``Unavailable``
+        when it is not.
+        """
+        def head() -> object:
+            if self._probe_bucket is not None:
+                return self._probe_client.bucket_exists(self._probe_bucket)
+            return self._probe_client.list_buckets()
+
+        try:
+            await asyncio.to_thread(head)
+        except S3Error:
+            return  # an S3 error response (denied, missing): the server answered
+        except (ServerError, urllib3.exceptions.HTTPError) as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: Exception) -> Unavailable:
+        return Unavailable(
+            "OBJECT_STORE_UNAVAILABLE",
+            f"object store at {self.endpoint} is unavailable: {exc}",
+            metadata={"endpoint": self.endpoint},
+            retry_after=1.0,
+        )
 
     async def _run(self, func: Callable[..., T], *args: object, bucket: str, key: str | None = None) -> T:
         """Run a blocking client call in a thread and translate its errors into domain errors."""
@@ -613,13 +667,14 @@ class S3Store(_ExistsFromStat):
                 raise (ObjectNotFound(bucket, key) if key is not None else BucketNotFound(bucket)) from exc
             raise
         except (ServerError, urllib3.exceptions.HTTPError) as exc:
-            raise Unavailable(
-                "OBJECT_STORE_UNAVAILABLE",
-                f"object store at {self.endpoint} is unavailable: {exc}",
-                metadata={"endpoint": self.endpoint},
-            ) from exc
+            error = self._unavailable(exc)
+            if self.dependency is not None:
+                self.dependency.mark(False, error.message)  # the probe marks it available again
+            raise error from exc
 
     def _ensure_bucket(self, bucket: str, expiry_days: float | None) -> None:
+        if self._probe_bucket is None:
+            self._probe_bucket = bucket
         if not self.client.bucket_exists(bucket):
             try:
                 self.client.make_bucket(bucket)

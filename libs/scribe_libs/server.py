@@ -3,8 +3,11 @@
 A service's ``create_server(settings, ...)`` calls :func:`start_grpc_server`, which binds the
 configured port (0 picks a free one, so tests bind port 0) and returns a :class:`GrpcServer` with
 the bound port. Health stays NOT_SERVING until the service calls ``set_serving(True)`` (model
-loaded, NATS connected). :func:`run` runs a service's ``main`` on uvloop, and
-:func:`wait_for_termination` turns SIGTERM/SIGINT into a graceful drain.
+loaded, NATS connected), and goes back to NOT_SERVING while any backend of the instance is
+unavailable: the NATS connection (disconnected, reconnecting or closed; scribe_libs.bus marks it)
+or the object store (probed every :data:`PROBE_INTERVAL_SECONDS`, and marked on a failed call).
+The backends are the instance's :func:`scribe_libs.errors.current_dependencies`. :func:`run` runs
+a service's ``main`` on uvloop, and :func:`wait_for_termination` turns SIGTERM/SIGINT into a graceful drain.
 """
 
 from __future__ import annotations
@@ -28,37 +31,92 @@ from grpc_reflection.v1alpha import reflection
 
 from scribe_libs.auth import AuthInterceptor, server_keyring
 from scribe_libs.config import ServiceSettings
-from scribe_libs.errors import ErrorInterceptor
+from scribe_libs.errors import Dependencies, ErrorInterceptor, current_dependencies
 from scribe_libs.telemetry import server_interceptors
 
 log = logging.getLogger(__name__)
 
 #: Largest single gRPC message accepted, bytes. Audio arrives in chunks well below this.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: Seconds between probes of the backends that have one (the object store): how long an outage
+#: nobody's call ran into, or a recovery, takes to show in health.
+PROBE_INTERVAL_SECONDS = 3.0
+#: Seconds a probe may take before its backend counts as unavailable.
+PROBE_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass
 class GrpcServer:
-    """A started gRPC server, its bound port and its health servicer."""
+    """A started gRPC server, its bound port and its health servicer.
+
+    Health is SERVING when the service asked for it (:meth:`set_serving`) and every dependency
+    of ``dependencies`` is available; it follows both until :meth:`stop`.
+    """
 
     server: grpc.aio.Server
     port: int
     health: health_async.HealthServicer
     service_names: Sequence[str]
     on_stop: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
+    dependencies: Dependencies = field(default_factory=Dependencies)
+    _wanted: bool = False
+    _reported: int | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _prober: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.dependencies.subscribe(self._dependencies_changed)
+        self._prober = asyncio.get_running_loop().create_task(self._probe_loop(), name="health-probes")
 
     async def set_serving(self, serving: bool) -> None:
-        """Report SERVING (or NOT_SERVING) for the server as a whole and each service."""
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ["", *self.service_names]:
-            await self.health.set(name, status)
+        """Ask for SERVING (or NOT_SERVING) for the server as a whole and each service.
+
+        SERVING is reported only while every dependency is available as well.
+        """
+        self._wanted = serving
+        await self._publish()
+
+    async def _publish(self) -> None:
+        async with self._lock:
+            down = self.dependencies.unavailable()
+            serving = self._wanted and not down
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            if status == self._reported:
+                return
+            for name in ["", *self.service_names]:
+                await self.health.set(name, status)
+            if self._reported is not None and self._wanted:
+                log.warning(
+                    "health %s", "SERVING" if serving else "NOT_SERVING",
+                    extra={"unavailable": [d.name for d in down]},
+                )
+            self._reported = status
+
+    def _dependencies_changed(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._publish())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL_SECONDS)
+            for dependency in list(self.dependencies.items):
+                if dependency.probe is not None:
+                    try:
+                        await dependency.check(PROBE_TIMEOUT_SECONDS)
+                    except Exception:  # noqa: BLE001 - the next round probes again
+                        log.exception("probing %s failed", dependency.name)
 
     async def stop(self, drain_seconds: float = 0.0, grace_seconds: float = 0.0) -> None:
         """Graceful stop: NOT_SERVING, wait ``drain_seconds`` (load balancers notice), stop with grace.
 
         Then run the ``on_stop`` callbacks in reverse order (drain NATS, close stores).
         """
-        await self.health.enter_graceful_shutdown()
+        await self.health.enter_graceful_shutdown()  # later set() calls are ignored
+        self.dependencies.unsubscribe(self._dependencies_changed)
+        if self._prober is not None:
+            self._prober.cancel()
         if drain_seconds > 0:
             await asyncio.sleep(drain_seconds)
         await self.server.stop(grace_seconds)
@@ -82,7 +140,8 @@ async def start_grpc_server(
         service_names: Full names of the registered services, e.g. ``"scribe.v1.Ingest"``.
 
     Returns:
-        The started server; health is NOT_SERVING until ``set_serving(True)``.
+        The started server; health is NOT_SERVING until ``set_serving(True)``, and while any of
+        the dependencies registered in this context (the bus, the store) is unavailable.
 
     Raises:
         RuntimeError: the port could not be bound.
@@ -105,7 +164,9 @@ async def start_grpc_server(
     if port == 0:
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
     await server.start()
-    grpc_server = GrpcServer(server=server, port=port, health=health, service_names=service_names)
+    grpc_server = GrpcServer(
+        server=server, port=port, health=health, service_names=service_names, dependencies=current_dependencies()
+    )
     await grpc_server.set_serving(False)
     if settings.ready_file:
         path = Path(settings.ready_file)
