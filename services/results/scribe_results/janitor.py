@@ -45,10 +45,18 @@ class Janitor:
         self._sub = None
 
     async def start(self) -> None:
-        """Subscribe to the advisories and start the sweeper (local store only)."""
-        self._sub = await self.bus.nc.subscribe(ADVISORY, queue=QUEUE_GROUP, cb=self._on_advisory)
+        """Subscribe to the advisories and start the sweeper (local store only).
+
+        A core subscription lives on one connection: after the bus replaced a closed connection
+        (``Bus.on_recovered``) the janitor subscribes again on the new one.
+        """
+        await self._subscribe()
+        self.bus.on_recovered(self._subscribe)
         if isinstance(self.store, LocalStore):
             self._tasks.append(asyncio.create_task(self._sweep_loop()))
+
+    async def _subscribe(self) -> None:
+        self._sub = await self.bus.nc.subscribe(ADVISORY, queue=QUEUE_GROUP, cb=self._on_advisory)
 
     async def stop(self) -> None:
         """Stop both (bounded wait)."""
