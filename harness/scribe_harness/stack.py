@@ -88,8 +88,15 @@ class Stack:
         """Start a service instance; returns its ``host:port`` once it reports SERVING."""
         import importlib
 
+        from scribe_libs.errors import new_dependency_scope
+
         create_server = importlib.import_module(f"scribe_{service}.servicer").create_server
-        server = self.run(create_server(self.settings(service, **overrides)))
+
+        async def create(settings):  # noqa: ANN001, ANN202 - the service's Settings and server
+            new_dependency_scope()  # this instance's backends only, whatever ran before
+            return await create_server(settings)
+
+        server = self.run(create(self.settings(service, **overrides)))
         name = name or service
         self.servers[name] = server
         self.addresses[name] = f"127.0.0.1:{server.port}"

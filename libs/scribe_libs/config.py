@@ -8,6 +8,7 @@ Each service defines ``class Settings(ServiceSettings)`` with
 from __future__ import annotations
 
 import os
+import re
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -63,6 +64,16 @@ def _names_field(model: type[BaseModel], parts: list[str]) -> bool:
     return origin in (dict, Mapping)  # a dict field takes any key: PREFIX_POOLS__CPU
 
 
+#: Variables the kubelet injects for every Service with a cluster IP (service links, on unless a
+#: pod sets ``enableServiceLinks: false``): ``<NAME>_SERVICE_HOST``, ``<NAME>_SERVICE_PORT[_<port
+#: name>]``, ``<NAME>_PORT_<n>_<PROTO>[_ADDR|_PORT|_PROTO]``. A Service named ``scribe-ingest``
+#: gives ``SCRIBE_INGEST_SERVICE_HOST``: ingest's prefix, no setting, and not a deployment's typo.
+#: (``<NAME>_PORT=tcp://...`` collides with the ``port`` field; the chart sets it explicitly, which
+#: wins over service links, and turns service links off.)
+#: Source: Kubernetes docs, "Service > Discovering services > Environment variables".
+_SERVICE_LINK = re.compile(r"(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_\d+_(TCP|UDP|SCTP)(_ADDR|_PORT|_PROTO)?)")
+
+
 def unknown_variables(settings_type: type[BaseSettings], environ: Mapping[str, str] | None = None) -> list[str]:
     """Variables of ``environ`` with the settings' ``env_prefix`` that name no field; sorted.
 
@@ -77,6 +88,8 @@ def unknown_variables(settings_type: type[BaseSettings], environ: Mapping[str, s
     for name in environ:
         upper = name.upper()
         if not upper.startswith(prefix) or len(upper) == len(prefix):
+            continue
+        if _SERVICE_LINK.fullmatch(upper[len(prefix):]):
             continue
         parts = upper[len(prefix):].lower().split(delimiter.lower())
         if not _names_field(settings_type, parts):

@@ -326,7 +326,26 @@ def current_dependencies() -> Dependencies:
     scope = _dependencies.get()
     if scope is None:
         scope = Dependencies()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            # Outside an event loop (a script or a synchronous test opening a store): a set of its
+            # own, not kept in this context, so it cannot leak into services started later from
+            # here (their tasks copy this context; seen: a dead store of a unit test kept every
+            # later test stack NOT_SERVING).
+            return scope
         _dependencies.set(scope)
+    return scope
+
+
+def new_dependency_scope() -> Dependencies:
+    """Start a fresh dependency set for the service instance built next in this context.
+
+    ``serve_main`` and the test harness call it first, so an instance never inherits another's
+    backends from the context it was started from.
+    """
+    scope = Dependencies()
+    _dependencies.set(scope)
     return scope
 
 

@@ -218,6 +218,9 @@ def serve_main(
     setup_telemetry(service, __version__, settings.metrics_port)
 
     async def _main() -> None:
+        from scribe_libs.errors import new_dependency_scope
+
+        new_dependency_scope()
         server = await create_server(settings)
         await wait_for_termination()
         await server.stop(settings.drain_seconds, settings.grace_seconds)

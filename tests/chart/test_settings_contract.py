@@ -143,3 +143,23 @@ def test_service_with_a_typo_exits_at_start_naming_the_variable():
                           timeout=60)
     assert proc.returncode == 2
     assert "SCRIBE_RESULTS_RETENTION_DAY" in proc.stderr and "refusing to start" in proc.stderr
+
+
+def test_kubernetes_service_links_are_not_settings():
+    """The kubelet injects SCRIBE_INGEST_SERVICE_HOST etc. for a Service named scribe-ingest
+    (seen in the chart rehearsal: four services exited 2 on them)."""
+    env = {
+        "SCRIBE_INGEST_SERVICE_HOST": "10.0.0.1", "SCRIBE_INGEST_SERVICE_PORT": "50051",
+        "SCRIBE_INGEST_SERVICE_PORT_GRPC": "50051", "SCRIBE_INGEST_PORT_50051_TCP": "tcp://10.0.0.1:50051",
+        "SCRIBE_INGEST_PORT_9464_TCP_ADDR": "10.0.0.1", "SCRIBE_INGEST_PORT_9464_TCP_PROTO": "tcp",
+    }
+    assert unknown_variables(IngestSettings, env) == []
+    assert unknown_variables(IngestSettings, {"SCRIBE_INGEST_SERVICE_HOSTS": "x"}) == ["SCRIBE_INGEST_SERVICE_HOSTS"]
+
+
+def test_pods_turn_service_links_off(values_sets):
+    for name, manifests in values_sets.items():
+        for doc in manifests:
+            if doc.get("kind") == "Deployment":
+                spec = doc["spec"]["template"]["spec"]
+                assert spec.get("enableServiceLinks") is False, f"{name} {doc['metadata']['name']}"
