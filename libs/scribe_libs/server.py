@@ -87,7 +87,9 @@ class GrpcServer:
             for name in ["", *self.service_names]:
                 await self.health.set(name, status)
             if self._reported is not None and self._wanted:
-                log.warning(
+                # An outage is a warning; the start and the recovery are news, not trouble.
+                log.log(
+                    logging.INFO if serving else logging.WARNING,
                     "health %s", "SERVING" if serving else "NOT_SERVING",
                     extra={"unavailable": [d.name for d in down]},
                 )
