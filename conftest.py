@@ -58,3 +58,19 @@ def stack_factory(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> It
     yield make
     for stack in stacks:
         stack.close()
+
+
+@pytest.fixture(scope="module")
+def ingest(stack):  # noqa: ANN001, ANN201 - the module's Stack; an Ingest stub
+    """An Ingest stub (admin key) on the module's ``stack`` fixture."""
+    from scribe.v1 import ingest_pb2_grpc
+
+    return ingest_pb2_grpc.IngestStub(stack.channel("ingest"))
+
+
+@pytest.fixture(scope="module")
+def results(stack):  # noqa: ANN001, ANN201 - the module's Stack; a Results stub
+    """A Results stub (admin key) on the module's ``stack`` fixture."""
+    from scribe.v1 import results_pb2_grpc
+
+    return results_pb2_grpc.ResultsStub(stack.channel("results"))

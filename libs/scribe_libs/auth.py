@@ -377,3 +377,20 @@ class _Details(grpc.ClientCallDetails):
         self.credentials = base.credentials
         self.wait_for_ready = getattr(base, "wait_for_ready", None)
         self.compression = getattr(base, "compression", None)
+
+
+def check_not_revoked(keyring: KeyRing | None, what: str = "stream") -> None:
+    """End a long call whose key was revoked since it began (open streams outlive the first check).
+
+    Args:
+        keyring: The service's keys (None: auth off, nothing to check).
+        what: Named in the message, e.g. ``"watch"``, ``"session"``.
+
+    Raises:
+        Unauthenticated: ``KEY_REVOKED`` when the caller's key is no longer in the key files
+            (:meth:`KeyRing.lookup` re-reads them at most once a second).
+    """
+    if keyring is not None and keyring.lookup(current_api_key()) is None:
+        log.info("API key revoked; ending the %s", what, extra={"key_id": current_principal().key_id})
+        raise Unauthenticated("KEY_REVOKED", f"the API key was revoked while the {what} was open")
+

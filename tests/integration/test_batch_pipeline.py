@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from scribe_harness import FIXTURES, SHARED_DATA, create_job_requests, wer
 from scribe_harness import submit as harness_submit
 
-from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc, transcript_pb2
+from scribe.v1 import ingest_pb2, jobs_pb2, results_pb2, transcript_pb2
 from scribe_libs.errors import error_info
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET
 
@@ -36,16 +36,6 @@ def stack(stack_factory):
     for service in ("results", "ingest", "postprocess", "transcriber"):
         stack.start(service)
     return stack
-
-
-@pytest.fixture(scope="module")
-def ingest(stack):
-    return ingest_pb2_grpc.IngestStub(stack.channel("ingest"))
-
-
-@pytest.fixture(scope="module")
-def results(stack):
-    return results_pb2_grpc.ResultsStub(stack.channel("results"))
 
 
 def submit(ingest, path: Path | None, data: bytes | None = None, **fields) -> jobs_pb2.Job:

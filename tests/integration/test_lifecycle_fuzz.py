@@ -1,15 +1,19 @@
-"""Fuzzing CreateJob (issue 5): garbage, truncated files, wrong headers, absurd configs.
+"""Fuzzing CreateJob (issue 5): garbage, truncated files, wrong headers, absurd configs; and every
+request message with sizes up to and past each limit of :mod:`scribe_libs.limits`.
 
 Every reply must be a created job or a clear status: a code other than INTERNAL/UNKNOWN with a
 ``google.rpc.ErrorInfo`` (domain ``scribe.dev``) naming the reason. Every job that was created
 must end COMPLETED or FAILED with a reason (never stuck), and the services must still be
-healthy and transcribe a normal job afterwards.
+healthy and transcribe a normal job afterwards. A refused call writes nothing (no job record, no
+object, no glossary).
 """
 
 from __future__ import annotations
 
 import collections
+import random
 import string
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +24,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scribe_harness import FIXTURES
 
-from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc, transcript_pb2
+from scribe.v1 import (
+    glossary_pb2,
+    glossary_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    jobs_pb2,
+    results_pb2,
+    results_pb2_grpc,
+    streaming_pb2,
+    streaming_pb2_grpc,
+    transcript_pb2,
+)
+from scribe_libs import glossaries as glossary_limits
+from scribe_libs import limits
 from scribe_libs.errors import DOMAIN, error_info
 
 S = jobs_pb2.JobState
@@ -40,6 +57,7 @@ def stack(stack_factory):
     for service in ("results", "ingest", "postprocess"):
         stack.start(service)
     stack.start("transcriber", batch_size=1)
+    stack.start("stream_gateway", max_lead_seconds=-1)
     return stack
 
 
@@ -209,3 +227,271 @@ def test_create_job_answers_every_input_clearly(stack):
     for kind, counter in outcomes.items():
         print(f"  {kind}: " + ", ".join(f"{k}={v}" for k, v in counter.most_common()))
     print("  created jobs ended: " + ", ".join(f"{k}={v}" for k, v in sorted(endings.items())))
+
+
+# --- Every request message, sizes up to and past each limit ------------------------------------
+
+#: Cases per RPC (10,200 in all; about 75 s on 2 cores: refused calls are cheap).
+RPC_CASES = {
+    "Ingest.CreateJob": 2700, "StreamGateway.StreamingRecognize": 1700,
+    "Glossaries.PutGlossary": 1500, "Glossaries.GetGlossary": 500, "Glossaries.DeleteGlossary": 500,
+    "Glossaries.ListGlossaries": 500,
+    "Results.GetJob": 600, "Results.ListJobs": 600, "Results.WatchJob": 400, "Results.CancelJob": 400,
+    "Results.DeleteJob": 400, "Results.GetTranscript": 400,
+}
+#: Pieces of text of 1, 2, 3 and 4 UTF-8 bytes, and ones NATS subjects and paths treat specially.
+_PIECES = ["a", "Z", "0", "-", "_", ".", "*", ">", "/", " ", "\x00", "é", "한", "😀", "\u202e", "\n", "%", "@"]
+
+
+class Gen:
+    """Seeded inputs: sizes near each limit (0, 1, limit-1, limit, limit+1, 2x, random)."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+
+    def size(self, limit: int) -> int:
+        r = self.rng
+        return r.choice([0, 1, max(limit - 1, 0), limit, limit, limit + 1, limit + 1, 2 * limit,
+                         r.randint(0, 2 * limit)])
+
+    def text(self, n_bytes: int) -> str:
+        """A string of about ``n_bytes`` UTF-8 bytes (exactly that many when plain)."""
+        r = self.rng
+        kind = r.randrange(4)
+        if kind == 0:
+            return "a" * n_bytes
+        if kind == 1:  # 3-byte characters, then ASCII to the exact size
+            return "한" * (n_bytes // 3) + "a" * (n_bytes % 3)
+        if kind == 2 and n_bytes <= 256:
+            out, size = [], 0
+            while size < n_bytes:
+                piece = r.choice(_PIECES)
+                out.append(piece)
+                size += len(piece.encode())
+            return "".join(out)
+        return ("x" * max(n_bytes - 1, 0)) + r.choice(["", "😀", "\x00"])
+
+    def field(self, limit: int) -> str:
+        return self.text(self.size(limit))
+
+    def strings(self, count_limit: int, size_limit: int) -> list[str]:
+        r = self.rng
+        count = r.choice([0, 1, count_limit, count_limit + 1, r.randint(0, count_limit)])
+        if count > 3:  # many values: mostly small, one at its size
+            values = [f"v{i}" for i in range(count)]
+            values[r.randrange(count)] = self.field(size_limit)
+            return values
+        return [self.field(size_limit) for _ in range(count)]
+
+    def labels(self) -> dict[str, str]:
+        r = self.rng
+        count = r.choice([0, 1, 3, limits.MAX_LABELS, limits.MAX_LABELS + 1])
+        out = {f"k{i}": "v" for i in range(count)}
+        if count:
+            out[self.field(limits.MAX_LABEL_KEY_BYTES) or "k"] = self.field(limits.MAX_LABEL_VALUE_BYTES)
+        return out
+
+    def sometimes(self, make, usual):  # noqa: ANN001, ANN201 - the generated value or the usual one
+        return make() if self.rng.random() < 0.35 else usual
+
+    def recognition(self) -> transcript_pb2.RecognitionConfig:
+        r = self.rng
+        config = transcript_pb2.RecognitionConfig(
+            language=self.sometimes(lambda: self.field(limits.MAX_LANGUAGE_BYTES), r.choice(["", "en", "auto"])),
+            model=self.sometimes(lambda: self.field(limits.MAX_MODEL_BYTES), r.choice(["", "tiny.en"])),
+            initial_prompt=self.sometimes(lambda: self.field(limits.MAX_PROMPT_BYTES), ""),
+            beam_size=self.sometimes(lambda: r.choice([0, 1, 16, 17, 2**32 - 1]), 0),
+            word_timestamps=r.random() < 0.5,
+        )
+        config.hotwords.extend(self.sometimes(lambda: self.strings(limits.MAX_HOTWORDS, limits.MAX_HOTWORD_BYTES), []))
+        return config
+
+    def job_spec(self) -> jobs_pb2.JobSpec:
+        spec = jobs_pb2.JobSpec(
+            filename=self.sometimes(lambda: self.field(limits.MAX_FILENAME_BYTES), "a.wav"),
+            request_id=self.sometimes(lambda: self.field(limits.MAX_REQUEST_ID_BYTES), ""),
+            source_uri=self.sometimes(lambda: self.rng.choice(["s3://", "s3://nope/"]) + self.field(
+                limits.MAX_SOURCE_URI_BYTES), ""),
+            config=self.recognition(),
+        )
+        spec.labels.update(self.sometimes(self.labels, {}))
+        spec.glossary_ids.extend(self.sometimes(
+            lambda: self.strings(limits.MAX_GLOSSARY_IDS, limits.MAX_GLOSSARY_ID_BYTES), []))
+        return spec
+
+    def streaming(self) -> streaming_pb2.StreamingConfig:
+        r = self.rng
+        config = streaming_pb2.StreamingConfig(
+            encoding=self.sometimes(lambda: r.choice([0, 1, 2, 3, 4, 99]), streaming_pb2.AUDIO_ENCODING_LINEAR16),
+            sample_rate_hertz=self.sometimes(lambda: r.choice([0, 1, 8000, 16000, 48000, 2**32 - 1]), 16000),
+            audio_channel_count=self.sometimes(lambda: r.choice([0, 1, 2, limits.MAX_CHANNELS,
+                                                                 limits.MAX_CHANNELS + 1, 2**32 - 1]), 1),
+            language=self.sometimes(lambda: self.field(limits.MAX_LANGUAGE_BYTES), r.choice(["", "en"])),
+            model=self.sometimes(lambda: self.field(limits.MAX_MODEL_BYTES), r.choice(["", "tiny.en"])),
+            endpointing_ms=self.sometimes(lambda: r.choice([0, 1, 100, 10_000, 2**32 - 1]), 0),
+            interim_results=r.random() < 0.5, retain_audio=r.random() < 0.3, redact=r.random() < 0.3,
+        )
+        config.hotwords.extend(self.sometimes(lambda: self.strings(limits.MAX_HOTWORDS, limits.MAX_HOTWORD_BYTES), []))
+        config.channel_roles.extend(self.sometimes(
+            lambda: self.strings(limits.MAX_CHANNEL_ROLES, limits.MAX_CHANNEL_ROLE_BYTES), []))
+        config.glossary_ids.extend(self.sometimes(
+            lambda: self.strings(limits.MAX_GLOSSARY_IDS, limits.MAX_GLOSSARY_ID_BYTES), []))
+        config.labels.update(self.sometimes(self.labels, {}))
+        if r.random() < 0.2:
+            config.max_session_duration.seconds = r.choice([-1, 0, 1, 10**10])
+        return config
+
+    def glossary_id(self) -> str:
+        return self.sometimes(lambda: self.field(64), f"fz{self.rng.randrange(40)}")
+
+    def glossary(self) -> glossary_pb2.Glossary:
+        r, g = self.rng, glossary_limits
+        out = glossary_pb2.Glossary(id=self.glossary_id(), description=self.sometimes(lambda: self.field(4096), ""))
+        n_terms = r.choice([0, 1, 5, g.MAX_TERMS, g.MAX_TERMS + 1]) if r.random() < 0.3 else r.randint(0, 5)
+        for i in range(n_terms):
+            term = out.terms.add(term=f"term{i}")
+            if i == 0:
+                term.term = self.sometimes(lambda: self.field(g.MAX_TERM_CHARS), "Kubernetes")
+                term.aliases.extend(self.sometimes(lambda: self.strings(g.MAX_ALIASES_PER_TERM, g.MAX_TERM_CHARS), []))
+        n_rules = r.choice([0, 1, g.MAX_RULES, g.MAX_RULES + 1]) if r.random() < 0.2 else r.randint(0, 3)
+        for i in range(n_rules):
+            rule = out.rules.add(id=f"r{i}", kind=r.choice([0, 1, 2, 3, 4, 5, 77]), replacement="x")
+            rule.pattern = self.sometimes(lambda: self.field(g.MAX_PATTERN_CHARS), r.choice(["abc", "a+", "(", ""]))
+            if rule.kind == glossary_pb2.RULE_KIND_ACRONYM_CASE:
+                rule.acronyms.extend(self.strings(5, 16))
+        if r.random() < 0.05:  # past the stored-size limit in one field
+            out.description = "d" * (g.MAX_GLOSSARY_BYTES + r.choice([-10, 10, 1000]))
+        return out
+
+    def job_id(self, real: list[str]) -> str:
+        r = self.rng
+        if real and r.random() < 0.15:
+            return r.choice(real)
+        return self.sometimes(lambda: self.field(r.choice([16, 64, 256, 1024, 4096])),
+                              r.choice(["", "j-0", "nope", "*", ">", "a.b", "../x", "job_" + "0" * 26]))
+
+    def page_token(self) -> str:
+        return self.sometimes(lambda: self.field(32), self.rng.choice(["", "0", "1", "5", "-5", "999999", "x"]))
+
+
+def _outcome(call) -> str:  # noqa: ANN001 - a callable making the RPC
+    """"OK" or "CODE/REASON"; asserts the status is clear (never INTERNAL/UNKNOWN, ErrorInfo set)."""
+    try:
+        call()
+    except grpc.RpcError as exc:
+        code = exc.code()
+        assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (code, exc.details())
+        info = error_info(exc)
+        assert info is not None and info.reason and info.domain == DOMAIN, (code, exc.details())
+        return f"{code.name}/{info.reason}"
+    return "OK"
+
+
+def _job_ids(results) -> set[str]:  # noqa: ANN001
+    ids, token = set(), ""
+    while True:
+        reply = results.ListJobs(results_pb2.ListJobsRequest(page_size=1000, page_token=token), timeout=30)
+        ids |= {j.job_id for j in reply.jobs}
+        token = reply.next_page_token
+        if not token:
+            return ids
+
+
+def _objects(stack) -> set[str]:  # noqa: ANN001
+    root = stack.workdir / "objects"
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+def test_every_request_message_answers_clearly(stack):
+    ingest = ingest_pb2_grpc.IngestStub(stack.channel("ingest", "alice"))
+    gateway = streaming_pb2_grpc.StreamGatewayStub(stack.channel("stream_gateway", "alice"))
+    gloss = glossary_pb2_grpc.GlossariesStub(stack.channel("results", "bob"))
+    results = results_pb2_grpc.ResultsStub(stack.channel("results", "alice"))
+    admin = results_pb2_grpc.ResultsStub(stack.channel("results"))
+    gen = Gen(seed=20260512)
+    # One completed job of the caller's own, so Get/Watch/GetTranscript reach past the look-up.
+    outcome, reply = create(ingest, jobs_pb2.JobSpec(filename="n.wav"), (FIXTURES / "numbers_en.wav").read_bytes())
+    assert outcome == "created"
+    real = [reply.job.job_id]
+    assert list(results.WatchJob(results_pb2.WatchJobRequest(job_id=real[0]), timeout=120))[-1].job.state == (
+        S.JOB_STATE_COMPLETED)
+    jobs_before, objects_before = _job_ids(admin), _objects(stack)
+    stored_glossaries: set[str] = set()
+    counts: dict[str, collections.Counter] = {rpc: collections.Counter() for rpc in RPC_CASES}
+    started = time.monotonic()
+
+    def create_job() -> None:
+        spec = gen.job_spec()
+        # No audio: a spec within every limit ends EMPTY_AUDIO (or SOURCE_NOT_FOUND) before anything
+        # is stored, so every case is a refusal whose absence of writes is checked below.
+        ingest.CreateJob(iter([ingest_pb2.CreateJobRequest(spec=spec)]), timeout=30)
+
+    def stream() -> None:
+        config = gen.streaming()
+        # A valid config is admitted; the second config then ends the session (CONFIG_REPEATED)
+        # before audio, so no call is stored.
+        requests = [streaming_pb2.StreamingRecognizeRequest(config=config)] * 2
+        list(gateway.StreamingRecognize(iter(requests), timeout=30))
+
+    def put_glossary() -> None:
+        glossary = gen.glossary()
+        gloss.PutGlossary(glossary_pb2.PutGlossaryRequest(glossary=glossary), timeout=30)
+        stored_glossaries.add(glossary.id)
+
+    calls = {
+        "Ingest.CreateJob": create_job,
+        "StreamGateway.StreamingRecognize": stream,
+        "Glossaries.PutGlossary": put_glossary,
+        "Glossaries.GetGlossary": lambda: gloss.GetGlossary(glossary_pb2.GetGlossaryRequest(
+            id=gen.glossary_id(), version=gen.rng.choice([0, 1, 2, 2**32 - 1])), timeout=10),
+        "Glossaries.DeleteGlossary": lambda: gloss.DeleteGlossary(
+            glossary_pb2.DeleteGlossaryRequest(id=gen.glossary_id()), timeout=10),
+        "Glossaries.ListGlossaries": lambda: gloss.ListGlossaries(glossary_pb2.ListGlossariesRequest(
+            page_size=gen.rng.choice([0, 1, 1000, 1001, 2**32 - 1]), page_token=gen.page_token()), timeout=10),
+        "Results.GetJob": lambda: results.GetJob(results_pb2.GetJobRequest(job_id=gen.job_id(real)), timeout=10),
+        "Results.ListJobs": lambda: results.ListJobs(results_pb2.ListJobsRequest(
+            page_size=gen.rng.choice([0, 1, 1000, 1001, 2**32 - 1]), page_token=gen.page_token(),
+            state=gen.rng.choice([0, 1, 3, 6, 99])), timeout=10),
+        "Results.WatchJob": lambda: list(results.WatchJob(results_pb2.WatchJobRequest(job_id=gen.job_id(real)),
+                                                          timeout=10)),
+        "Results.CancelJob": lambda: results.CancelJob(results_pb2.CancelJobRequest(job_id=gen.job_id([])),
+                                                       timeout=10),
+        "Results.DeleteJob": lambda: results.DeleteJob(results_pb2.DeleteJobRequest(job_id=gen.job_id([])),
+                                                       timeout=10),
+        "Results.GetTranscript": lambda: results.GetTranscript(results_pb2.GetTranscriptRequest(
+            job_id=gen.job_id(real), format=gen.rng.choice([0, 1, 2, 3, 4, 5, 99]), raw=gen.rng.random() < 0.5),
+            timeout=10),
+    }
+    # Interleaved (a deleted glossary id comes back, a listed page follows a put), in a fixed order.
+    schedule = [rpc for rpc, n in RPC_CASES.items() for _ in range(n)]
+    gen.rng.shuffle(schedule)
+    for rpc in schedule:
+        counts[rpc][_outcome(calls[rpc])] += 1
+    elapsed = time.monotonic() - started
+
+    # Nothing written by the refusals: no job record, no object.
+    assert counts["Ingest.CreateJob"]["OK"] == 0 and counts["StreamGateway.StreamingRecognize"]["OK"] == 0
+    assert _job_ids(admin) == jobs_before
+    assert _objects(stack) == objects_before
+    # Only glossaries whose put succeeded exist (a refused put wrote nothing).
+    listed = {g.id for g in gloss.ListGlossaries(glossary_pb2.ListGlossariesRequest(page_size=1000), timeout=10)
+              .glossaries}
+    assert listed <= stored_glossaries, listed - stored_glossaries
+    for glossary_id in listed:
+        gloss.DeleteGlossary(glossary_pb2.DeleteGlossaryRequest(id=glossary_id), timeout=10)
+    for name in ("results", "ingest", "postprocess", "transcriber", "stream_gateway"):
+        with grpc.insecure_channel(stack.addresses[name]) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+
+    total = sum(sum(c.values()) for c in counts.values())
+    histogram = collections.Counter()
+    for counter in counts.values():
+        for outcome, n in counter.items():
+            histogram[outcome.split("/")[0]] += n
+    lines = [f"fuzzed {total} requests over {len(counts)} RPCs in {elapsed:.0f} s"]
+    for rpc, counter in counts.items():
+        lines.append(f"  {rpc} ({sum(counter.values())}): " + ", ".join(f"{k}={v}" for k, v in counter.most_common()))
+    lines.append("  status codes: " + ", ".join(f"{k}={v}" for k, v in histogram.most_common()))
+    print("\n".join(lines), file=sys.stderr)
+    assert total >= 10_000

@@ -112,7 +112,7 @@ def refused_while_streaming(stack, ingest_name: str, data: bytes, reason: str) -
     # Nothing stays stored: no audio object, no job record, no spooled upload.
     assert files_under(stack.workdir / "objects" / AUDIO_BUCKET) == before_objects
     assert job_ids(results) == before_jobs
-    assert not list(stack.workdir.glob("scribe-upload-*"))
+    assert not list(stack.workdir.glob("scribe-ingest/*/upload-*"))  # ingest's owned temp dir
     # Refused while streaming in: gRPC buffers a few MB ahead of what the server has read; the
     # rest of the upload was never sent.
     assert upload.sent < upload.chunks / 2, f"refused only after {upload.sent}/{upload.chunks} chunks"

@@ -16,7 +16,7 @@ import pytest
 from scribe_harness import FIXTURES, wait_for
 from scribe_harness import submit as harness_submit
 
-from scribe.v1 import ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc
+from scribe.v1 import jobs_pb2, results_pb2
 from scribe_libs.bus import WORKER_HEARTBEAT_SECONDS, WORKER_TTL_SECONDS
 from scribe_libs.errors import error_info
 
@@ -34,16 +34,6 @@ def stack(stack_factory):
     stack.start("transcriber", name="t1", worker_id="w1")
     stack.start("transcriber", name="t2", worker_id="w2")
     return stack
-
-
-@pytest.fixture(scope="module")
-def ingest(stack):
-    return ingest_pb2_grpc.IngestStub(stack.channel("ingest"))
-
-
-@pytest.fixture(scope="module")
-def results(stack):
-    return results_pb2_grpc.ResultsStub(stack.channel("results"))
 
 
 def submit(ingest, path: Path, model: str = "", **spec) -> jobs_pb2.Job:

@@ -20,10 +20,8 @@ from scribe_harness import submit as harness_submit
 from scribe.v1 import (
     glossary_pb2,
     glossary_pb2_grpc,
-    ingest_pb2_grpc,
     jobs_pb2,
     results_pb2,
-    results_pb2_grpc,
     transcript_pb2,
 )
 from scribe_libs.errors import error_info
@@ -42,16 +40,6 @@ def stack(stack_factory):
     for service in ("results", "ingest", "postprocess", "transcriber"):
         stack.start(service)
     return stack
-
-
-@pytest.fixture(scope="module")
-def ingest(stack):
-    return ingest_pb2_grpc.IngestStub(stack.channel("ingest"))
-
-
-@pytest.fixture(scope="module")
-def results(stack):
-    return results_pb2_grpc.ResultsStub(stack.channel("results"))
 
 
 @pytest.fixture(scope="module")

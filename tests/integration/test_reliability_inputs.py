@@ -25,7 +25,7 @@ import pytest
 from google.rpc import error_details_pb2
 from scribe_harness import FIXTURES, create_job_requests, job_spec, submit, wait_for
 
-from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc, streaming_pb2
+from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, streaming_pb2
 from scribe_libs.errors import error_info, status_details
 
 S = jobs_pb2.JobState
@@ -41,16 +41,6 @@ def stack(stack_factory):
     stack.start("postprocess")
     stack.start("transcriber", batch_size=1)
     return stack
-
-
-@pytest.fixture(scope="module")
-def ingest(stack):
-    return ingest_pb2_grpc.IngestStub(stack.channel("ingest"))
-
-
-@pytest.fixture(scope="module")
-def results(stack):
-    return results_pb2_grpc.ResultsStub(stack.channel("results"))
 
 
 def refusal(call) -> grpc.RpcError:
@@ -278,7 +268,7 @@ def test_idle_upload_ends_with_deadline_exceeded_and_no_spooled_file(stack, send
         if send_audio:
             yield ingest_pb2.CreateJobRequest(audio=(FIXTURES / "numbers_en.wav").read_bytes()[:32768])
             time.sleep(0.3)
-            spooled.extend(stack.workdir.glob("scribe-upload-*"))
+            spooled.extend(stack.workdir.glob("scribe-ingest/*/upload-*"))  # ingest's owned temp dir
         release.wait(30)
 
     started = time.monotonic()
@@ -291,7 +281,8 @@ def test_idle_upload_ends_with_deadline_exceeded_and_no_spooled_file(stack, send
     assert error_info(error).reason == "UPLOAD_IDLE"
     if send_audio:
         assert spooled, "the upload was being spooled"
-    wait_for(lambda: not list(stack.workdir.glob("scribe-upload-*")), 10, "the spooled upload to be removed")
+    wait_for(lambda: not list(stack.workdir.glob("scribe-ingest/*/upload-*")), 10,
+             "the spooled upload to be removed")
 
 
 # --- 5. Channels, languages, messages ----------------------------------------------------------

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import tempfile
-
 from pydantic import Field
 
 from scribe_libs.config import ServiceSettings, service_config
+from scribe_libs.tempdirs import default_base
 
 
 class Settings(ServiceSettings):
@@ -31,4 +30,9 @@ class Settings(ServiceSettings):
         description="A CreateJob stream that sends nothing (spec, audio chunk or half-close) for this long ends "
         "with DEADLINE_EXCEEDED (reason UPLOAD_IDLE) and its spooled file is removed; 0 disables the limit.",
     )
-    upload_dir: str = Field(tempfile.gettempdir(), description="Where uploads are spooled while they stream in.")
+    upload_dir: str = Field(
+        default_factory=default_base,
+        description="Base of ingest's own temporary directory `<upload_dir>/scribe-ingest`, where uploads are "
+        "spooled while they stream in (one sub-directory per upload, removed when the call ends); cleared at "
+        "start of what no running instance holds (files a killed instance left behind).",
+    )

@@ -2,7 +2,9 @@
 
 Order of writes, so that a failure at any step leaves nothing half-written behind:
 
-1. the upload is spooled to a temporary file while it streams in (size limit enforced per chunk);
+1. the upload is spooled to a temporary file while it streams in (size limit enforced per chunk),
+   in a per-upload directory under ``<upload_dir>/scribe-ingest`` (:mod:`scribe_libs.tempdirs`:
+   removed when the call ends, and whatever a killed instance left there is removed at start);
 2. the audio is probed (decodable, duration limit);
 3. the original goes to ``scribe-audio/<job_id>/original``;
 4. the job record is created in ``scribe_jobs`` as QUEUED;
@@ -34,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -56,6 +57,7 @@ from scribe_libs.objectstore import ObjectNotFound, ObjectStore, open_store, par
 from scribe_libs.queue import live_profiles, pool_rtf, queue_depth
 from scribe_libs.recognition import validate_config
 from scribe_libs.server import GrpcServer, start_grpc_server
+from scribe_libs.tempdirs import OwnedTempDir
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,11 @@ class UploadIdle(ScribeError):
 class IngestServicer(ingest_pb2_grpc.IngestServicer):
     """Implements scribe.v1.Ingest."""
 
-    def __init__(self, settings: Settings, bus: busmod.Bus, store: ObjectStore):
+    def __init__(
+        self, settings: Settings, bus: busmod.Bus, store: ObjectStore, temp: OwnedTempDir | None = None
+    ):
         self.settings = settings
+        self.temp = temp or OwnedTempDir(settings.upload_dir, "ingest").open()
         self.bus = bus
         self.jobs = JobStore(bus)
         self.store = store
@@ -173,8 +178,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         request_iterator: AsyncIterator[ingest_pb2.CreateJobRequest],
         owner: str,
     ) -> ingest_pb2.CreateJobResponse:
-        with tempfile.TemporaryDirectory(prefix="scribe-upload-", dir=self.settings.upload_dir) as tmp:
-            path = Path(tmp) / "audio"
+        with self.temp.item("upload-") as tmp:
+            path = tmp / "audio"
             if spec.source_uri:
                 size = await self._fetch_source(spec.source_uri, path, request_iterator)
             else:
@@ -334,12 +339,18 @@ async def create_server(settings: Settings) -> GrpcServer:
     bus = await busmod.connect(settings.nats, "scribe-ingest", retention_seconds=settings.retention_days * 86400)
     store = open_store(settings.store)
     await store.ensure_bucket(AUDIO_BUCKET)
-    servicer = IngestServicer(settings, bus, store)
+    temp = OwnedTempDir(settings.upload_dir, "ingest").open()  # clears what a killed instance left
+    servicer = IngestServicer(settings, bus, store, temp)
     server = await start_grpc_server(
         settings,
         lambda s: ingest_pb2_grpc.add_IngestServicer_to_server(servicer, s),
         [ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name],
     )
     server.on_stop.append(bus.close)
+
+    async def close_temp() -> None:
+        temp.close()
+
+    server.on_stop.append(close_temp)
     await server.set_serving(True)
     return server

@@ -2,11 +2,20 @@
 
 Queue position and ETA are computed at read time (scribe_libs.queue): they are facts of the
 JetStream queue and of the pool's measured real-time factor, not stored values.
+
+ListJobs pages are bounded in count (``page_size``, at most 1000) and in bytes (``MAX_PAGE_BYTES``):
+a page stops before the job that would take it past the byte bound (a page always holds at least
+one job), and ``next_page_token`` continues from there. gRPC's default 4 MiB message limit is
+never reached, whatever the filenames, labels or number of owners.
+
+WatchJob re-checks the caller's API key on every poll (the key file is re-read at most once a
+second); a key removed from the file ends the stream with UNAUTHENTICATED ``KEY_REVOKED``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import grpc
@@ -14,7 +23,7 @@ import nats.errors
 
 from scribe.v1 import jobs_pb2, results_pb2, results_pb2_grpc, transcript_pb2
 from scribe_libs import bus as busmod
-from scribe_libs.auth import can_see, current_principal
+from scribe_libs.auth import KeyRing, can_see, check_not_revoked, current_principal
 from scribe_libs.errors import FailedPrecondition, InvalidArgument
 from scribe_libs.formats import content_type, format_name
 from scribe_libs.jobs import (
@@ -40,6 +49,11 @@ log = logging.getLogger(__name__)
 
 S = jobs_pb2.JobState
 _MAX_PAGE = 1000
+#: Bytes of jobs one ListJobs page carries at most (a quarter of gRPC's 4 MiB default message limit).
+MAX_PAGE_BYTES = 1024 * 1024
+#: What a job id may be: a NATS KV key (nats-py's ``^[-/_=\.a-zA-Z0-9]+$``, no leading or trailing
+#: dot), at most 256 bytes (ids are ``new_job_id()``'s ~30 characters).
+_JOB_ID = re.compile(r"(?!\.)[-/_=.a-zA-Z0-9]{1,256}(?<!\.)")
 
 
 class ResultsServicer(results_pb2_grpc.ResultsServicer):
@@ -50,9 +64,20 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
         self.bus = bus
         self.store = store
         self.jobs = JobStore(bus)
+        self.keyring = KeyRing(settings.auth) if settings.auth.enabled else None
+
+    def _check_key(self) -> None:
+        """Raise UNAUTHENTICATED ``KEY_REVOKED`` when the caller's key left the key file since the call began."""
+        check_not_revoked(self.keyring, "watch")
 
     async def _visible(self, job_id: str) -> jobs_pb2.Job:
-        """The job if the caller may see it; another caller's job is NOT_FOUND, as if absent."""
+        """The job if the caller may see it; another caller's job is NOT_FOUND, as if absent.
+
+        An id that cannot be a key of the jobs bucket (empty, ``*``, ``>``, spaces, over 256 bytes:
+        nats-py raises InvalidKeyError, which was an INTERNAL) is NOT_FOUND as well.
+        """
+        if not _JOB_ID.fullmatch(job_id):
+            raise JobNotFound(job_id[:256])
         job = await self.jobs.get(job_id)
         if not can_see(current_principal(), job.owner):
             raise JobNotFound(job_id)
@@ -80,20 +105,32 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
     async def ListJobs(  # noqa: N802 - gRPC method name
         self, request: results_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> results_pb2.ListJobsResponse:
-        """Jobs newest first, paged by an offset token."""
+        """Jobs newest first, paged by an offset token; a page holds at most MAX_PAGE_BYTES of jobs.
+
+        Raises:
+            InvalidArgument: ``INVALID_PAGE_TOKEN`` for a token that is not one this method returned
+                (a non-negative decimal offset).
+        """
         size = min(request.page_size or 100, _MAX_PAGE)
-        try:
-            offset = int(request.page_token or 0)
-        except ValueError as exc:
-            raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not valid", field="page_token") from exc
+        token = request.page_token
+        if token and not (token.isascii() and token.isdecimal() and len(token) <= 18):
+            raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not valid", field="page_token")
+        offset = int(token or 0)
         principal = current_principal()
         jobs = [j for j in await self.jobs.list() if can_see(principal, j.owner)]
         if request.state:
             jobs = [j for j in jobs if j.state == request.state]
         jobs.sort(key=lambda j: (j.create_time.ToNanoseconds(), j.job_id), reverse=True)
-        page = jobs[offset : offset + size]
-        token = str(offset + size) if offset + size < len(jobs) else ""
-        return results_pb2.ListJobsResponse(jobs=page, next_page_token=token)
+        page: list[jobs_pb2.Job] = []
+        page_bytes = 0
+        for job in jobs[offset : offset + size]:
+            job_bytes = job.ByteSize() + 8  # field tag and length prefix
+            if page and page_bytes + job_bytes > MAX_PAGE_BYTES:
+                break
+            page.append(job)
+            page_bytes += job_bytes
+        end = offset + len(page)
+        return results_pb2.ListJobsResponse(jobs=page, next_page_token=str(end) if end < len(jobs) else "")
 
     async def WatchJob(  # noqa: N802 - gRPC method name
         self, request: results_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
@@ -113,6 +150,7 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
                     entry = None
                 if entry is not None and entry.operation in ("DEL", "PURGE"):
                     raise JobNotFound(request.job_id)
+                self._check_key()
                 job = await self.decorate(await self._visible(request.job_id))
                 current = _fingerprint(job)
                 if current != last:

@@ -16,7 +16,8 @@ Storage (DESIGN.md: calls and files share one history): :meth:`CallSession.store
 as ``results/<job_id>/raw.json`` (one segment per final, with its channel), creates the job record
 (pool ``stream``, state POSTPROCESSING) and publishes the PostprocessTask, exactly the transcriber's
 hand-off, so postprocess renders json/txt/srt/vtt and completes it. With ``retain_audio`` the call's
-audio is recorded as it arrives to a temporary 16 kHz 16-bit WAV (on disk, so memory stays bounded)
+audio is recorded as it arrives to a temporary 16 kHz 16-bit WAV (on disk, so memory stays bounded, in
+a per-call directory under ``<temp_dir>/scribe-stream-gateway``, removed when the call ends)
 and uploaded as the job's original audio; otherwise no audio is written anywhere.
 """
 
@@ -30,6 +31,7 @@ import datetime
 import logging
 import tempfile
 import time
+import typing
 import wave
 from pathlib import Path
 
@@ -44,6 +46,7 @@ from scribe_libs.formats import render
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, JobStore, audio_key, now_timestamp, raw_transcript_key
 from scribe_libs.objectstore import ObjectStore
 from scribe_libs.streaming import Result, SpeechEvent, SpeechEventType, StreamConfig, StreamSession, VadConfig, Word
+from scribe_libs.tempdirs import OwnedTempDir
 from scribe_libs.textproc import redact_transcript
 from scribe_stream_gateway.livetext import LiveText, has_digit, mask_digits
 from scribe_stream_gateway.options import SessionOptions
@@ -80,6 +83,8 @@ class CallSession:
         max_utterance_seconds: See :class:`~scribe_libs.streaming.StreamConfig`.
         live_text: Glossary bias/corrections and redaction (None: neither).
         placement: The worker the session was admitted on (its windows go there first).
+        temp: The gateway's own temporary directory; the recording (``retain_audio``) lives in a
+            sub-directory of it, removed by :meth:`close` (None: the platform's temporary directory).
     """
 
     def __init__(  # noqa: D107, PLR0913
@@ -92,6 +97,7 @@ class CallSession:
         live_text: LiveText | None = None,
         placement: Placement | None = None,
         min_decode_interval_seconds: float = StreamConfig.min_decode_interval_s,
+        temp: OwnedTempDir | None = None,
     ):
         self.job_id = job_id
         self.options = options
@@ -127,10 +133,15 @@ class CallSession:
         self._speech_end: dict[int, float] = {}
         self.owner = ""
         """Owner of the stored job (the caller's API key owner)."""
-        self._recording: tempfile._TemporaryFileWrapper | None = None
+        self._recording: typing.IO[bytes] | None = None
+        self._recording_dir = contextlib.ExitStack()
         self._wav: wave.Wave_write | None = None
         if options.config.retain_audio:
-            self._recording = tempfile.NamedTemporaryFile(prefix="scribe-call-", suffix=".wav")  # noqa: SIM115
+            if temp is None:
+                temp = OwnedTempDir(tempfile.gettempdir(), "stream-gateway").open()
+                self._recording_dir.callback(temp.close)
+            folder = self._recording_dir.enter_context(temp.item("call-"))
+            self._recording = (folder / "call.wav").open("w+b")  # noqa: SIM115 - closed in close()
             self._wav = wave.open(self._recording, "wb")  # noqa: SIM115 - closed in close()
             self._wav.setnchannels(options.channels)
             self._wav.setsampwidth(2)
@@ -211,6 +222,7 @@ class CallSession:
             with contextlib.suppress(Exception):
                 self._recording.close()
             self._recording = None
+        self._recording_dir.close()  # removes the recording's directory
 
     def _decoder_for(self, channel: int):  # noqa: ANN202 - the ChannelStream decode coroutine
         hotwords = self.live_text.hotwords if self.live_text is not None else self.options.hotwords

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 
 from scribe_libs.config import ServiceSettings, service_config
+from scribe_libs.tempdirs import default_base
 
 
 class Settings(ServiceSettings):
@@ -32,6 +33,25 @@ class Settings(ServiceSettings):
     )
     idle_timeout_seconds: float = Field(
         30.0, description="A session with no audio, control or end for this long is closed (SESSION_IDLE)."
+    )
+    max_audio_gap_seconds: float = Field(
+        120.0, gt=0,
+        description="A session that sends no audio for this long (since its start or its last audio chunk) is "
+        "closed with FAILED_PRECONDITION SESSION_IDLE even while it sends keepalives or force_finalize controls: "
+        "those keep a quiet stream open across a pause, but a session holds a worker's realtime capacity, so "
+        "one that only sends keepalives must not hold it forever. Silent audio (zeros) counts as audio. "
+        "Two minutes covers a hold or a long pause in a call.",
+    )
+    key_check_seconds: float = Field(
+        1.0, gt=0,
+        description="How often an open session re-checks its caller's API key (the key file is re-read at most "
+        "once a second); a key removed from the file ends its sessions with UNAUTHENTICATED KEY_REVOKED.",
+    )
+    temp_dir: str = Field(
+        default_factory=default_base,
+        description="Base of the gateway's own temporary directory `<temp_dir>/scribe-stream-gateway`: a "
+        "retain_audio call is recorded into a sub-directory removed when the call ends; at start everything "
+        "there that no running gateway holds (a killed gateway's recordings) is removed.",
     )
     max_lead_seconds: float = Field(
         5.0,

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from scribe_libs.config import ServiceSettings, service_config
 from scribe_libs.models import ModelSettings
+from scribe_libs.tempdirs import default_base
 
 
 class Settings(ServiceSettings):
@@ -31,6 +32,12 @@ class Settings(ServiceSettings):
         0, description="CTranslate2 replicas on CPU (calls decoded in parallel: Decode windows of several live "
         "sessions at once); 0 = one per core when cpu_threads is 0, else 1. Two replicas on 2 cores double the live "
         "capacity and cost batch jobs ~8 %; a CPU pool that serves no live calls should set 1. See engine.cpu_layout."
+    )
+    temp_dir: str = Field(
+        default_factory=default_base,
+        description="Base of the worker's own temporary directory `<temp_dir>/scribe-transcriber`: each job's "
+        "audio is downloaded into a sub-directory removed when the job ends; at start everything there that no "
+        "running worker holds (a killed worker's files) is removed.",
     )
     batch_size: int = Field(8, description="Chunks decoded together by the batched pipeline.")
     model_store: ModelSettings = Field(default_factory=ModelSettings, description="Where models come from.")

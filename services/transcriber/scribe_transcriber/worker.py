@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 import threading
 from pathlib import Path
 
@@ -49,6 +48,7 @@ from scribe_libs.limits import is_truncated, truncated_message
 from scribe_libs.logs import job_context
 from scribe_libs.objectstore import ObjectNotFound, ObjectStore
 from scribe_libs.telemetry import extract_context
+from scribe_libs.tempdirs import OwnedTempDir
 from scribe_libs.textproc import redact_transcript
 from scribe_transcriber.config import Settings
 from scribe_transcriber.engine import Engine
@@ -70,6 +70,8 @@ class Worker:
         self.store = store
         self.engine = engine
         self.jobs = JobStore(bus)
+        # Each job's audio lives under <temp_dir>/scribe-transcriber; a killed worker's are removed here.
+        self.temp = OwnedTempDir(settings.temp_dir, "transcriber").open()
         self.current_load = 0
         self.real_time_factor = 0.0
         self._stopping = asyncio.Event()
@@ -104,6 +106,7 @@ class Worker:
         """Stop fetching; wait for the job in hand to finish (SIGTERM drain)."""
         self._stopping.set()
         await self._idle.wait()
+        self.temp.close()
 
     async def handle(self, msg: Msg) -> None:
         """Process one job message; always ends in ack, nak or term."""
@@ -219,8 +222,8 @@ class Worker:
         def on_progress(processed: float, total: float) -> None:
             loop.call_soon_threadsafe(progress.put_nowait, (processed, total))
 
-        with tempfile.TemporaryDirectory(prefix="scribe-job-") as tmp:
-            path = Path(tmp) / "audio"
+        with self.temp.item("job-") as tmp:
+            path = tmp / "audio"
             try:
                 await self.store.get_file(AUDIO_BUCKET, task.audio_key, path)
             except ObjectNotFound as exc:
