@@ -8,7 +8,6 @@ the chart give it one.
 
 from __future__ import annotations
 
-import json
 import time
 
 import grpc
@@ -27,7 +26,6 @@ from scribe.v1 import (
     transcriber_pb2_grpc,
 )
 from scribe_cli.stream import call_requests, load_call_audio
-from scribe_libs.auth import generate_key
 from scribe_libs.errors import error_info, status_details
 
 SPEECH = FIXTURES / "speech_en.wav"
@@ -35,17 +33,10 @@ SPEECH = FIXTURES / "speech_en.wav"
 
 @pytest.fixture(scope="module")
 def stack(stack_factory):
-    stack = stack_factory(auth=True)
-    key, entry = generate_key("gateway-service", "stream-gateway", ["jobs:read"])
-    entry["scopes"] = ["internal"]  # what generate_key(..., service=True) writes
-    data = json.loads(stack.keys_file.read_text())
-    data["keys"].append(entry)
-    stack.keys_file.write_text(json.dumps(data))
-    stack.keys["gateway-service"] = key
+    stack = stack_factory(auth=True)  # its gateway holds the harness's service key (scope internal)
     for service in ("results", "ingest", "transcriber"):
         stack.start(service)
-    stack.start("stream_gateway", max_lead_seconds=-1, worker_api_key=key, max_sessions_per_key=1,
-                retry_after_seconds=2.0)
+    stack.start("stream_gateway", max_lead_seconds=-1, max_sessions_per_key=1, retry_after_seconds=2.0)
     return stack
 
 
@@ -154,7 +145,7 @@ def test_customer_keys_cannot_call_the_transcriber(stack):
             grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING")
         assert status(lambda s=stub: s.GetProfile(transcriber_pb2.GetProfileRequest(), timeout=30)) == (
             grpc.StatusCode.PERMISSION_DENIED, "SCOPE_MISSING")
-    service = transcriber_pb2_grpc.TranscriberStub(stack.channel("transcriber", "gateway-service"))
+    service = transcriber_pb2_grpc.TranscriberStub(stack.channel("transcriber", "stream-gateway"))
     assert service.GetProfile(transcriber_pb2.GetProfileRequest(), timeout=30).profile.worker_id
 
 
@@ -228,3 +219,35 @@ def test_one_key_holds_at_most_its_session_quota(stack):
     finally:
         release.append(True)
         first.cancel()
+
+
+def test_source_uri_is_restricted_to_the_owners_prefixes(stack):
+    """Before: any key read any bucket but scribe's own, and NOT_FOUND vs success told existence."""
+    from scribe_harness import FIXTURES, submit
+
+    from scribe.v1 import ingest_pb2_grpc
+    from scribe_libs.objectstore import LocalStore
+
+    name = "ingest-sources"
+    if name not in stack.addresses:
+        stack.start("ingest", name=name, source_prefixes={"alice": ["calls-alice/"]})
+    store = LocalStore(stack.workdir / "objects")
+    for bucket in ("calls-alice", "calls-bob"):
+        stack.run(store.ensure_bucket(bucket))
+        stack.run(store.put_file(bucket, "2026/speech.wav", FIXTURES / "speech_en.wav"))
+
+    def outcome(key: str, uri: str):
+        ingest = ingest_pb2_grpc.IngestStub(stack.channel(name, key))
+        try:
+            submit(ingest, None, source_uri=uri)
+            return "ok"
+        except grpc.RpcError as exc:
+            info = error_info(exc)
+            return exc.code(), info.reason if info else ""
+
+    assert outcome("alice", "s3://calls-alice/2026/speech.wav") == "ok"
+    forbidden = outcome("alice", "s3://calls-bob/2026/speech.wav")
+    missing = outcome("alice", "s3://calls-bob/2026/nothing-here.wav")
+    assert forbidden == missing == (grpc.StatusCode.NOT_FOUND, "SOURCE_NOT_FOUND")
+    assert outcome("bob", "s3://calls-bob/2026/speech.wav") == (grpc.StatusCode.NOT_FOUND, "SOURCE_NOT_FOUND")
+    assert outcome("admin", "s3://calls-bob/2026/speech.wav") == "ok"

@@ -25,6 +25,12 @@ class Settings(ServiceSettings):
     max_queue_depth: int = Field(
         1000, description="Waiting jobs per pool; beyond it CreateJob is refused with QUEUE_FULL and a retry delay."
     )
+    source_prefixes: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Where each owner's jobs may read source_uri objects from (JSON): owner -> list of "
+        "'bucket/' or 'bucket/key-prefix'. An owner not listed may not use source_uri; admin keys may read any "
+        "bucket but scribe's own. A forbidden object gets the same NOT_FOUND answer as a missing one.",
+    )
     upload_idle_timeout_seconds: float = Field(
         60.0,
         description="A CreateJob stream that sends nothing (spec, audio chunk or half-close) for this long ends "

@@ -315,10 +315,17 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
                 raise InvalidArgument(
                     "AUDIO_WITH_SOURCE_URI", "send either source_uri or audio chunks, not both", field="audio"
                 )
+        # Forbidden and missing get one answer, so another owner's objects cannot be probed.
+        not_found = NotFound(
+            "SOURCE_NOT_FOUND", f"source_uri {uri} does not exist or this key may not read it", "object", uri
+        )
+        if not source_allowed(current_principal(), bucket, key, self.settings.source_prefixes):
+            log.info("source_uri outside the owner's prefixes", extra={"owner": current_principal().owner})
+            raise not_found
         try:
             info = await self.store.stat(bucket, key)
         except ObjectNotFound as exc:
-            raise NotFound("SOURCE_NOT_FOUND", f"source_uri {uri} does not exist", "object", uri) from exc
+            raise not_found from exc
         if info.size > self.settings.max_audio_bytes:
             raise ResourceExhausted(
                 "AUDIO_TOO_LARGE", f"source is {info.size} bytes; the limit is {self.settings.max_audio_bytes}",
@@ -328,6 +335,20 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             raise InvalidArgument("EMPTY_AUDIO", f"source_uri {uri} is empty", field="spec.source_uri")
         await self.store.get_file(bucket, key, path)
         return info.size
+
+
+def source_allowed(principal, bucket: str, key: str, prefixes: dict[str, list[str]]) -> bool:  # noqa: ANN001
+    """Whether ``principal`` may read ``bucket/key`` as a job's source_uri.
+
+    Admin keys may read any bucket (scribe's own buckets are refused before this); any other key
+    only below one of its owner's ``prefixes`` entries (``"bucket/"`` or ``"bucket/key-prefix"``;
+    S3 keys are literal strings, so a prefix match is exact).
+    """
+    if principal.admin:
+        return True
+    target = f"{bucket}/{key}"
+    return any(entry and target.startswith(entry if "/" in entry else entry + "/")
+               for entry in prefixes.get(principal.owner, []))
 
 
 async def create_server(settings: Settings) -> GrpcServer:
