@@ -29,7 +29,7 @@ from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from scribe_libs.auth import AuthInterceptor, server_keyring
+from scribe_libs.auth import AuthInterceptor, KeyRateLimiter, server_keyring
 from scribe_libs.config import ServiceSettings
 from scribe_libs.errors import Dependencies, ErrorInterceptor, current_dependencies
 from scribe_libs.telemetry import server_interceptors
@@ -150,7 +150,10 @@ async def start_grpc_server(
     """
     server = grpc.aio.server(
         # Outermost first: tracing, then errors (so auth failures become rich statuses), then auth.
-        interceptors=[*server_interceptors(), ErrorInterceptor(), AuthInterceptor(server_keyring(settings.auth))],
+        interceptors=[*server_interceptors(), ErrorInterceptor(), AuthInterceptor(
+            server_keyring(settings.auth),
+            KeyRateLimiter(settings.auth.requests_per_second_per_key, settings.auth.request_burst_per_key),
+        )],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -150,3 +150,25 @@ def test_key_rotation_without_restart(stack):
             break
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_one_customer_key_is_rate_limited_and_others_are_not(stack_factory):
+    """A flood from one key gets RESOURCE_EXHAUSTED KEY_RATE_LIMITED; another key still gets through."""
+    from scribe.v1 import results_pb2, results_pb2_grpc
+    from scribe_libs.errors import error_info
+
+    stack = stack_factory()
+    auth = {"enabled": True, "keys_file": str(stack.keys_file), "requests_per_second_per_key": 2,
+            "request_burst_per_key": 5}
+    stack.start("results", auth=auth)
+    alice = results_pb2_grpc.ResultsStub(stack.channel("results", "alice"))
+    bob = results_pb2_grpc.ResultsStub(stack.channel("results", "bob"))
+    codes = []
+    for _ in range(12):
+        try:
+            alice.ListJobs(results_pb2.ListJobsRequest(page_size=1), timeout=10)
+            codes.append("OK")
+        except grpc.RpcError as exc:
+            codes.append(error_info(exc).reason)
+    assert codes.count("KEY_RATE_LIMITED") >= 5 and codes[:5] == ["OK"] * 5
+    bob.ListJobs(results_pb2.ListJobsRequest(page_size=1), timeout=10)  # bob is not slowed by alice
