@@ -10,6 +10,7 @@ Slow (one venv per package, from pip's cache); the packages are installed in par
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -44,10 +45,16 @@ print(len(names) + 1, "modules")
 def _install_and_import(tmp: Path, dist: str) -> tuple[str, int, str]:
     package, absent = PACKAGES[dist]
     venv = tmp / dist.replace("/", "-")
+    # Copies: setuptools builds in the source tree (build/, *.egg-info), and parallel builds of one
+    # tree collide ("File exists: build/bdist.../scribe_libs-0.1.0.dist-info", seen in CI).
+    ignore = shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "tests")
+    src = venv.with_name(venv.name + "-src")
+    shutil.copytree(ROOT / "libs", src / "libs", ignore=ignore)
+    shutil.copytree(ROOT / dist, src / dist, ignore=ignore)
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
         [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-         str(ROOT / "libs"), str(ROOT / dist)],
+         str(src / "libs"), str(src / dist)],
         [str(venv / "bin" / "python"), "-c", IMPORT_ALL, package, *absent],
     ]
     out = ""
