@@ -192,7 +192,7 @@ class Rehearsal:
         self.work = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-"))
         self.checks: list[Check] = []
         self.standins: list[str] = []
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.servers: list[Any] = []  # scribe_harness NatsServer / MotoServer
         self.pods: list[Pod] = []
         self.created: list[str] = []
         self.secrets: dict[str, dict[str, bytes]] = {}
@@ -242,56 +242,30 @@ class Rehearsal:
         self.images = json.loads(out.read_text())
         return ", ".join(self.images.values())
 
-    # -- 2. servers --
-    def _venv_tool(self, name: str) -> str:
-        beside = Path(sys.executable).with_name(name)
-        found = str(beside) if beside.exists() else shutil.which(name)
-        if not found:
-            raise RehearsalError(f"{name} not found beside {sys.executable} or on PATH (make install)")
-        return found
-
+    # -- 2. servers (the test harness's: scribe_harness.servers) --
     def start_nats(self) -> str:
         """``nats-server -js`` on a random loopback port with a temporary store; returns its URL."""
-        store = self.work / "nats"
-        store.mkdir()
-        log_file = open(store / "nats.log", "wb")  # noqa: SIM115 - owned by the process
-        proc = subprocess.Popen([self._venv_tool("nats-server"), "-js", "-sd", str(store / "store"), "-a",
-                                 "127.0.0.1", "-p", "-1", "--ports_file_dir", str(store)],
-                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.procs.append(proc)
-        ports_file = store / f"nats-server_{proc.pid}.ports"
-        deadline = time.monotonic() + 30
-        while not ports_file.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RehearsalError(f"nats-server did not start: {(store / 'nats.log').read_text()[-500:]}")
-            time.sleep(0.05)
-        self.nats_url = json.loads(ports_file.read_text())["nats"][0]
+        from scribe_harness import NatsServer
+
+        server = NatsServer(self.work / "nats")
+        self.servers.append(server)
+        try:
+            self.nats_url = server.start()
+        except RuntimeError as exc:
+            raise RehearsalError(f"nats-server did not start: {exc}") from exc
         return self.nats_url
 
     def start_moto(self) -> str:
         """A moto S3 server on a free loopback port; returns ``host:port``."""
-        log_path = self.work / "moto.log"
-        with open(log_path, "wb") as log_file:
-            proc = subprocess.Popen([self._venv_tool("moto_server"), "-H", "127.0.0.1", "-p", "0"],
-                                    stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.procs.append(proc)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            match = re.search(rb"Running on http://127\.0\.0\.1:(\d+)", log_path.read_bytes())
-            if match:
-                self.s3 = f"127.0.0.1:{int(match.group(1))}"
-                try:
-                    urllib.request.urlopen(f"http://{self.s3}/", timeout=2).close()
-                except urllib.error.HTTPError:
-                    pass
-                except OSError:
-                    time.sleep(0.1)
-                    continue
-                return self.s3
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise RehearsalError(f"moto_server did not start: {log_path.read_text()[-500:]}")
+        from scribe_harness import MotoServer
+
+        server = MotoServer(self.work / "moto")
+        self.servers.append(server)
+        try:
+            self.s3 = server.start()
+        except RuntimeError as exc:
+            raise RehearsalError(f"moto_server did not start: {exc}") from exc
+        return self.s3
 
     # -- 3. render --
     def values(self) -> dict[str, Any]:
@@ -938,13 +912,8 @@ class Rehearsal:
         """Remove the containers, stop the servers, delete the temporary directory."""
         for name in reversed(self.created):
             subprocess.run(["podman", "rm", "-f", "-t", "0", name], capture_output=True)
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        for server in self.servers:
+            server.stop()
         if not self.args.keep_workdir:
             shutil.rmtree(self.work, ignore_errors=True)
 

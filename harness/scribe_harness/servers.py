@@ -40,10 +40,10 @@ def _moto_server_executable() -> str:
     return executable("moto_server", "moto[server] (a dependency of scribe-harness)")
 
 
-def _wait_for_port(proc: subprocess.Popen[bytes], log_path: Path, deadline: float) -> int:
+def _wait_for_port(proc: subprocess.Popen[bytes], log_path: Path, deadline: float, offset: int = 0) -> int:
     """The port moto reports in its start-up line ("Running on http://127.0.0.1:PORT")."""
     while time.monotonic() < deadline:
-        match = _RUNNING_RE.search(log_path.read_bytes())
+        match = _RUNNING_RE.search(log_path.read_bytes()[offset:])
         if match:
             return int(match.group(1))
         if proc.poll() is not None:
@@ -75,9 +75,13 @@ class MotoServer:
         self.workdir = workdir
         self.proc: subprocess.Popen[bytes] | None = None
         self.endpoint = ""
+        self.port = 0
 
     def start(self) -> str:
-        """Start moto on a port the OS picks; wait until it answers HTTP; returns ``host:port``.
+        """Start moto; wait until it answers HTTP; returns ``host:port``.
+
+        The first start binds a port the OS picks; a restart after :meth:`stop` binds the same
+        port again, so clients holding the endpoint see the server come back (outage tests).
 
         Raises:
             RuntimeError: moto is not installed, exited, or did not answer within
@@ -85,15 +89,16 @@ class MotoServer:
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
         log_path = self.workdir / "moto.log"
-        with open(log_path, "wb") as log:
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [_moto_server_executable(), "-H", "127.0.0.1", "-p", "0"],
+                [_moto_server_executable(), "-H", "127.0.0.1", "-p", str(self.port)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + MOTO_START_TIMEOUT
-        port = _wait_for_port(self.proc, log_path, deadline)
+        port = _wait_for_port(self.proc, log_path, deadline, offset)
         _wait_for_http(f"http://127.0.0.1:{port}/", deadline)
-        self.endpoint = f"127.0.0.1:{port}"
+        self.port, self.endpoint = port, f"127.0.0.1:{port}"
         return self.endpoint
 
     def stop(self) -> None:

@@ -600,6 +600,17 @@ def _check_expiry(expiry_days: float) -> None:
 # --- S3 / MinIO -------------------------------------------------------------------------------
 
 
+def _minio(settings: StoreSettings, http_client: urllib3.PoolManager | None) -> Minio:
+    return Minio(
+        settings.endpoint,
+        access_key=settings.access_key.get_secret_value(),
+        secret_key=settings.secret_key.get_secret_value(),
+        secure=settings.secure,
+        region=settings.region,
+        http_client=http_client,
+    )
+
+
 class S3Store(_ExistsFromStat):
     """Objects in MinIO or any S3-protocol server, through the ``minio`` client (thread-safe).
 
@@ -611,23 +622,11 @@ class S3Store(_ExistsFromStat):
 
     def __init__(self, settings: StoreSettings, http_client: urllib3.PoolManager | None = None):
         self.endpoint = settings.endpoint
-        self.client = Minio(
-            settings.endpoint,
-            access_key=settings.access_key.get_secret_value(),
-            secret_key=settings.secret_key.get_secret_value(),
-            secure=settings.secure,
-            region=settings.region,
-            http_client=http_client,
-        )
+        self.client = _minio(settings, http_client)
         # Probes go through their own client: no retries and short timeouts, so a probe answers
         # within seconds either way (the main client retries a refused connection with backoff).
-        self._probe_client = Minio(
-            settings.endpoint,
-            access_key=settings.access_key.get_secret_value(),
-            secret_key=settings.secret_key.get_secret_value(),
-            secure=settings.secure,
-            region=settings.region,
-            http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=3.0), retries=False),
+        self._probe_client = _minio(
+            settings, urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=3.0), retries=False)
         )
         self._probe_bucket: str | None = None
         self.dependency: Dependency | None = None

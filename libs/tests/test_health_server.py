@@ -7,19 +7,15 @@ tests stop them. No fixed sleeps: health is watched, conditions are polled again
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from scribe_harness import NatsServer
+from scribe_harness import MotoServer, NatsServer
 
 from scribe_libs import bus as busmod
 from scribe_libs.config import NatsSettings, ServiceSettings
@@ -135,50 +131,9 @@ async def _assert(condition: bool) -> None:
 # --- object store --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Moto:
-    """moto_server on a fixed port, so a restart comes back at the same endpoint."""
-
-    def __init__(self, workdir: Path):
-        self.port = _free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        exe = Path(sys.executable).with_name("moto_server")
-        exe_name = str(exe) if exe.exists() else shutil.which("moto_server")
-        if exe_name is None:
-            pytest.skip("moto_server not installed")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with open(self.workdir / "moto.log", "ab") as log:
-            self.proc = subprocess.Popen([exe_name, "-H", "127.0.0.1", "-p", str(self.port)],
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=2):
-                    return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError((self.workdir / "moto.log").read_text()[-2000:]) from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
-def moto(tmp_path: Path) -> AsyncIterator[_Moto]:
-    server = _Moto(tmp_path / "moto")
+def moto(tmp_path: Path) -> AsyncIterator[MotoServer]:
+    server = MotoServer(tmp_path / "moto")  # restarts on the same port
     server.start()
     yield server
     server.stop()
