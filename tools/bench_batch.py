@@ -6,8 +6,8 @@
     Results.GetTranscript.
 
 Prints both wall times (median of --repeats), the ratio raw/platform (target >= 0.9: the platform
-costs at most ~10% over the library), the WER of both against each other, and the transcriber
-process's peak RSS (VmHWM).
+costs at most ~10% over the library), the WER of both against each other (scribe_libs.scoring),
+and the transcriber process's peak RSS (VmHWM).
 
     python tools/bench_batch.py [--model tiny.en] [--audio FILE] [--repeats 3]
 
@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 import grpc
-import jiwer
+
+from scribe_libs.scoring import wer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -143,7 +144,7 @@ def main() -> int:
     print(f"(b) platform, CreateJob -> transcript  : {platform:6.2f} s  (RTF {platform / duration:.3f})  "
           f"runs {platform_times}")
     print(f"ratio raw/platform                      : {raw / platform:.3f}  (target >= 0.9)")
-    print(f"WER platform vs raw text                : {jiwer.wer(raw_text.lower(), platform_text.lower()):.3f}")
+    print(f"WER platform vs raw text                : {wer(raw_text, platform_text):.3f}")
     print(f"transcriber peak RSS (VmHWM)            : {peak_rss / 2**20:.0f} MiB")
     return 0
 

@@ -28,8 +28,8 @@ Figures per system and N (latencies in seconds on the sender's clock, t = 0 when
   segment times only: words are spread evenly over their segment);
 - final after end of speech: a final's receipt minus its last word's end;
 - WER of the concatenated finals against the reference text and against the batch transcript
-  (faster-whisper beam 5 + Silero VAD on the same model), jiwer after lower-casing and removing
-  punctuation (scribe_libs has no shared WER helper yet; this one is the benchmark's);
+  (faster-whisper beam 5 + Silero VAD on the same model), scribe_libs.scoring.wer (lower-cased,
+  punctuation removed: the harness's and ``scribe bench``'s rules);
 - CPU %: process CPU seconds over wall seconds x 100 (200 = both cores); peak RSS in MB;
 - refused: sessions refused at admission (scribe) or that failed (peers).
 The table goes to stdout (Markdown); progress to stderr; ``--json`` writes every figure.
@@ -50,7 +50,6 @@ import wave
 from pathlib import Path
 
 import grpc
-import jiwer
 import numpy as np
 from scribe_harness import SHARED_DATA, NatsServer, Stack  # noqa: E402
 
@@ -59,6 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from scribe.v1 import streaming_pb2, streaming_pb2_grpc  # noqa: E402
 from scribe_cli.stream import call_requests, read_audio  # noqa: E402
 from scribe_libs.callaudio import encode_linear16, resample  # noqa: E402
+from scribe_libs.scoring import wer  # noqa: E402
 
 JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 LONG_SENTENCES = [
@@ -75,17 +75,11 @@ LONG_SENTENCES = [
 ]
 PAUSE_SECONDS = 2.0
 RATE = 16000
-_T = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(), jiwer.Strip(),
-                    jiwer.ReduceToListOfListOfWords()])
 PEERS_DIR = ROOT / "tools" / "peers"
 
 
 def log(*args: object) -> None:
     print(*args, file=sys.stderr, flush=True)
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    return float(jiwer.wer(reference, hypothesis or "-", reference_transform=_T, hypothesis_transform=_T))
 
 
 def pct(values: list[float], q: float) -> float:

@@ -11,6 +11,7 @@ Commands:
     scribe workers
     scribe keys create --id acme-2026-11 --owner acme --scopes jobs:write,jobs:read [--file api-keys.json]
     scribe detect [--models base,tiny.en] [--compute-type auto] [--measure] [--facts t4]
+    scribe bench DATASET [--models base,tiny.en] [--config key=value ...] [--json FILE] [--glossary terms.txt]
 
 Exit codes: 0 success, 1 the job failed or was cancelled, 2 a gRPC error or bad usage.
 """
@@ -28,7 +29,7 @@ import grpc
 from google.protobuf import json_format
 
 from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc, transcript_pb2
-from scribe_cli import detect, glossaries, stack, stream
+from scribe_cli import bench, detect, glossaries, stack, stream
 from scribe_libs.errors import error_info
 from scribe_libs.formats import FORMAT_NAMES
 
@@ -275,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     glossaries.add_parser(sub)
     stream.add_parser(sub)
     detect.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

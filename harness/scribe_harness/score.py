@@ -1,17 +1,11 @@
-"""Word error rate as the reference recordings define it (../shared/data/README.md)."""
+"""Word error rate as the reference recordings define it (../shared/data/README.md).
+
+The rules (lower-casing, punctuation removed, any white space separates words; NFC for Korean)
+are scribe_libs.scoring's: one helper for the tests, the tools and ``scribe bench``.
+"""
 
 from __future__ import annotations
 
+from scribe_libs.scoring import wer
 
-def wer(reference: str, hypothesis: str) -> float:
-    """Word error rate after lower-casing and removing punctuation (as ../shared/data/README.md).
-
-    Any whitespace, newlines included, separates words.
-    """
-    import jiwer
-
-    transform = jiwer.Compose(
-        [jiwer.SubstituteRegexes({r"\s+": " "}), jiwer.ToLowerCase(), jiwer.RemovePunctuation(),
-         jiwer.RemoveMultipleSpaces(), jiwer.Strip(), jiwer.ReduceToListOfListOfWords()]
-    )
-    return jiwer.wer(reference, hypothesis, reference_transform=transform, hypothesis_transform=transform)
+__all__ = ["wer"]
