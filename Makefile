@@ -14,7 +14,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: $(BIN)/python requirements-dev.txt libs/pyproject.toml $(wildcard services/*/pyproject.toml) cli/pyproject.toml
+$(VENV)/.installed: $(BIN)/python requirements-dev.txt libs/pyproject.toml $(wildcard services/*/pyproject.toml) cli/pyproject.toml \
+		clients/python/pyproject.toml clients/python/setup.py
 	$(BIN)/pip install --quiet grpcio-tools==1.85.1
 	$(BIN)/python tools/gen_protos.py
 	$(BIN)/pip install --quiet -r requirements-dev.txt
@@ -25,18 +26,21 @@ install: $(VENV)/.installed
 
 protos: install
 
-run: install
+# stdout carries only the transcript (`make run AUDIO=x FORMAT=srt > x.srt`): no command echo
+# (@), and the install step, the stack's endpoint table and progress go to stderr.
+run:
+	@$(MAKE) --no-print-directory --silent install >&2
 	@$(BIN)/scribe down >/dev/null 2>&1 || true
-	$(BIN)/scribe up --models $(MODEL)
+	@$(BIN)/scribe up --models $(MODEL) >&2
 	@status=0; $(BIN)/scribe transcribe "$(AUDIO)" --format $(FORMAT) || status=$$?; \
-	  $(BIN)/scribe down; exit $$status
+	  $(BIN)/scribe down >&2; exit $$status
 
 test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check libs/scribe_libs services cli tools tests
+	$(BIN)/ruff check libs/scribe_libs services cli tools tests clients/python
 	cd protos && ../$(BIN)/buf lint
 
 clean:
-	rm -rf $(VENV) libs/scribe .scribe
+	rm -rf $(VENV) libs/scribe clients/python/scribe_client/_proto .scribe
