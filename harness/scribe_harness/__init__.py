@@ -11,7 +11,7 @@ from pathlib import Path
 
 from scribe_harness.jobs import CHUNK_BYTES, create_job_requests, job_spec, submit, wait_for
 from scribe_harness.score import wer
-from scribe_harness.servers import MotoServer, NatsServer
+from scribe_harness.servers import MotoServer, NatsCluster, NatsServer
 from scribe_harness.stack import Stack, wait_serving
 
 #: The repository this harness was installed from (editable install).
@@ -22,6 +22,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 __all__ = [
-    "CHUNK_BYTES", "FIXTURES", "ROOT", "SHARED_DATA", "MotoServer", "NatsServer", "Stack", "create_job_requests",
+    "CHUNK_BYTES", "FIXTURES", "ROOT", "SHARED_DATA", "MotoServer", "NatsCluster", "NatsServer", "Stack",
+    "create_job_requests",
     "job_spec", "submit", "wait_for", "wait_serving", "wer",
 ]

@@ -22,7 +22,17 @@ class Stack:
         "stream-gateway": ("stream-gateway", ["internal"]),
     }
 
-    def __init__(self, nats_url: str, workdir: Path, auth: bool = True):
+    def __init__(self, nats_url: str, workdir: Path, auth: bool = True, nats_replicas: int = 1):
+        """A stack over the NATS at ``nats_url``, keeping its files under ``workdir``.
+
+        Args:
+            nats_url: One server's URL, or several comma-separated (a cluster, e.g.
+                :attr:`scribe_harness.servers.NatsCluster.url`).
+            workdir: Keys file, local object store, model cache.
+            auth: Services require API keys.
+            nats_replicas: Replicas of the streams and buckets the services declare
+                (``NatsSettings.replicas``; 3 on a 3-node cluster).
+        """
         import asyncio
         import json
         import threading
@@ -39,6 +49,7 @@ class Stack:
         self.keys_file.write_text(json.dumps({"keys": entries}))
 
         self.nats_url = nats_url
+        self.nats_replicas = nats_replicas
         self.workdir = workdir
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="stack-loop", daemon=True)
@@ -62,7 +73,7 @@ class Stack:
             "port": 0,
             "drain_seconds": 0,
             "grace_seconds": 2,
-            "nats": {"url": self.nats_url},
+            "nats": {"url": self.nats_url, "replicas": self.nats_replicas},
             "store": {"kind": "local", "root": str(self.workdir / "objects")},
             # No per-key rate limit: the fuzz and load tests send hundreds of calls a second with one
             # customer key (the limiter has its own tests, which set it).

@@ -13,6 +13,14 @@ Names (DESIGN.md, "Storage and messaging names"):
 Every service declares all of them at start (:func:`declare`), idempotently: an existing stream
 with a different configuration is updated, not recreated.
 
+Clusters. Every stream and bucket gets ``NatsSettings.replicas`` replicas (1 embedded, 3 on the
+chart's 3-node cluster); an existing one with another count is updated to it, or, when JetStream
+refuses, logged with both counts and left as it is. The client is given every server's URL
+(``NatsSettings.url``, comma-separated) and fails over to another when one dies. While the dead
+server's RAFT groups elect new leaders (seconds), JetStream API requests of a :class:`Bus` (KV
+gets, stream and consumer calls) are retried instead of failing
+(:class:`_ElectionTolerantJetStream`); tests/cluster/test_nats_cluster.py kills a node mid-run.
+
 Outages and healing. nats-py reconnects by itself after a lost connection (forever with the
 default ``max_reconnect_attempts = -1``), replaying core subscriptions. It closes the connection
 for good in a few cases: after a server ``-ERR`` (e.g. "maximum payload violation"), or after
@@ -34,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import random
@@ -58,7 +67,13 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    BucketNotFoundError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.kv import KeyValue
 
 from scribe_libs.config import NatsSettings
@@ -87,6 +102,7 @@ RECOVER_MIN_SECONDS = 0.5
 RECOVER_MAX_SECONDS = 10.0
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 
 def jobs_subject(pool: str) -> str:
@@ -199,7 +215,8 @@ class Bus:
             nc: NATS | None = None
             try:
                 nc = await _open_client(self.settings, self.name, self)
-                await declare(nc.jetstream(), self.retention_seconds)  # the store may be gone too
+                # The store may be gone too.
+                await declare(nc.jetstream(), self.retention_seconds, replicas=self.settings.replicas)
             except Exception as exc:  # noqa: BLE001 - try again after the backoff
                 log.warning("opening a new NATS connection failed: %r", exc)
                 if nc is not None:
@@ -233,32 +250,121 @@ class Bus:
         self.js._async_reply_prefix = None  # noqa: SLF001
 
 
-async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+#: The replica count of the :func:`declare` in progress (None outside one): a stream or bucket
+#: declared inside it without an explicit ``replicas`` gets this one (so a stream added to
+#: declare() cannot miss it); outside, the config's own count stands.
+_DECLARE_REPLICAS: contextvars.ContextVar[int | None] = contextvars.ContextVar("scribe_declare_replicas", default=None)
+#: JetStream API calls of :func:`declare` are retried this long (seconds) while the cluster has
+#: no meta leader or the asset's leader is being elected (503 "JetStream system temporarily
+#: unavailable", a request timeout, no responders), about the length of a RAFT election after a
+#: node loss, with headroom; then the error is raised.
+DECLARE_RETRY_SECONDS = 30.0
+
+
+def _replicas(explicit: int | None, configured: int | None) -> int:
+    """The replica count to declare: ``explicit``, else the declare in progress's, else ``configured`` (else 1)."""
+    if explicit is not None:
+        return explicit
+    declaring = _DECLARE_REPLICAS.get()
+    return declaring if declaring is not None else int(configured or 1)
+
+
+async def _retry_unavailable(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """``await call()``, again after a short backoff while JetStream is electing leaders.
+
+    Raises:
+        nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError,
+        nats.errors.NoRespondersError: still so after :data:`DECLARE_RETRY_SECONDS`.
+    """
+    deadline = asyncio.get_running_loop().time() + DECLARE_RETRY_SECONDS
+    delay = 0.1
+    while True:
+        try:
+            return await call()
+        except (ServiceUnavailableError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise
+            log.info("JetStream unavailable for %s (%r); retrying in %.1f s", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig, replicas: int | None = None) -> None:
+    """Create the stream, or update an existing one to ``config`` (replica count included).
+
+    Args:
+        js: JetStream context.
+        config: The stream's configuration; its ``num_replicas`` is replaced by ``replicas``.
+        replicas: Replica count; None: the count of the :func:`declare` in progress, outside
+            one ``config.num_replicas`` (None: 1).
+
+    An existing stream with another replica count is updated to ``replicas`` (JetStream adds or
+    removes peers by a stream update). If the server refuses that (e.g. fewer JetStream servers
+    than replicas), the error names both counts and the rest of the configuration is still
+    applied with the stream's current count, so the service runs with less redundancy rather
+    than not at all.
+    """
+    config.num_replicas = _replicas(replicas, config.num_replicas)
     try:
-        await js.stream_info(config.name)
+        info = await _retry_unavailable(lambda: js.stream_info(config.name), f"stream {config.name}")
     except NotFoundError:
         try:
-            await js.add_stream(config)
-            log.info("created stream", extra={"stream": config.name})
+            await _retry_unavailable(lambda: js.add_stream(config), f"stream {config.name}")
+            log.info("created stream", extra={"stream": config.name, "replicas": config.num_replicas})
             return
         except BadRequestError:
-            pass  # created concurrently by another service
-    await js.update_stream(config)
+            info = await js.stream_info(config.name)  # created concurrently by another service
+    await _update_stream(js, config, int(info.config.num_replicas or 1))
 
 
-async def _ensure_kv(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+async def _update_stream(js: JetStreamContext, config: StreamConfig, current_replicas: int) -> None:
+    """``update_stream(config)``; see :func:`_ensure_stream` for a refused replica change."""
+    wanted = int(config.num_replicas or 1)
+    if wanted != current_replicas:
+        log.warning(
+            "stream %s has %d replicas, the settings want %d: updating it",
+            config.name, current_replicas, wanted,
+            extra={"stream": config.name, "replicas": current_replicas, "wanted_replicas": wanted},
+        )
     try:
-        kv = await js.key_value(config.bucket)
-        stream = await js.stream_info(f"KV_{config.bucket}")
+        await _retry_unavailable(lambda: js.update_stream(config), f"stream {config.name}")
+    except APIError as exc:
+        if wanted == current_replicas:
+            raise
+        log.error(
+            "stream %s keeps %d replicas: JetStream refused %d (%s); set SCRIBE_<SERVICE>_NATS__REPLICAS to at "
+            "most the number of JetStream servers",
+            config.name, current_replicas, wanted, exc.description or exc,
+            extra={"stream": config.name, "replicas": current_replicas, "wanted_replicas": wanted},
+        )
+        config.num_replicas = current_replicas
+        await _retry_unavailable(lambda: js.update_stream(config), f"stream {config.name}")
+
+
+async def ensure_kv(js: JetStreamContext, config: KeyValueConfig, replicas: int | None = None) -> KeyValue:
+    """Create the KV bucket, or bring an existing one's TTL and replica count to ``config``'s.
+
+    ``replicas`` as in :func:`_ensure_stream` (None: the count of the :func:`declare` in progress,
+    outside one ``config.replicas``).
+    """
+    config.replicas = _replicas(replicas, config.replicas)
+    what = f"bucket {config.bucket}"
+    try:
+        kv = await _retry_unavailable(lambda: js.key_value(config.bucket), what)
+        stream = await _retry_unavailable(lambda: js.stream_info(f"KV_{config.bucket}"), what)
         wanted = float(config.ttl or 0)
-        if abs(float(stream.config.max_age or 0) - wanted) > 1e-3:
+        current_replicas = int(stream.config.num_replicas or 1)
+        ttl_differs = abs(float(stream.config.max_age or 0) - wanted) > 1e-3
+        if ttl_differs or current_replicas != config.replicas:
             stream.config.max_age = wanted
-            await js.update_stream(stream.config)
-            log.info("updated bucket TTL", extra={"bucket": config.bucket, "ttl_seconds": wanted})
+            stream.config.num_replicas = config.replicas
+            await _update_stream(js, stream.config, current_replicas)
+            if ttl_differs:
+                log.info("updated bucket TTL", extra={"bucket": config.bucket, "ttl_seconds": wanted})
         return kv
     except BucketNotFoundError:
         try:
-            return await js.create_key_value(config)
+            return await _retry_unavailable(lambda: js.create_key_value(config), what)
         except BadRequestError:
             return await js.key_value(config.bucket)
 
@@ -268,13 +374,25 @@ DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
 
 
 async def declare(
-    js: JetStreamContext, retention_seconds: float = DEFAULT_RETENTION_SECONDS
+    js: JetStreamContext, retention_seconds: float = DEFAULT_RETENTION_SECONDS, *, replicas: int = 1
 ) -> tuple[KeyValue, KeyValue, KeyValue]:
     """Declare the streams and KV buckets (idempotent). Returns (jobs, workers, glossaries) KV.
 
     Job records expire ``retention_seconds`` after their last write (the ``scribe_jobs``
-    bucket's TTL), so an expired job is NOT_FOUND everywhere.
+    bucket's TTL), so an expired job is NOT_FOUND everywhere. Every stream and bucket gets
+    ``replicas`` replicas (``NatsSettings.replicas``: 1 embedded, 3 in the chart's cluster); an
+    existing one with another count is updated (see :func:`_ensure_stream`). Calls that meet a
+    leader election are retried for up to :data:`DECLARE_RETRY_SECONDS`.
     """
+    token = _DECLARE_REPLICAS.set(replicas)
+    try:
+        return await _declare(js, retention_seconds)
+    finally:
+        _DECLARE_REPLICAS.reset(token)
+
+
+async def _declare(js: JetStreamContext, retention_seconds: float) -> tuple[KeyValue, KeyValue, KeyValue]:
+    """:func:`declare`'s body: every ``_ensure_*`` here takes the replica count of the declare in progress."""
     for name, subject in ((JOBS_STREAM, "scribe.jobs.>"), (POSTPROCESS_STREAM, POSTPROCESS_SUBJECT)):
         # Work queues: a message stays until a worker acks it (then it is gone).
         await _ensure_stream(
@@ -292,14 +410,75 @@ async def declare(
             discard=DiscardPolicy.OLD,
         ),
     )
-    jobs = await _ensure_kv(
+    # SCRIBE_JOB_INDEX (ListJobs' per-owner index, scribe_libs.jobindex): kept as long as records.
+    from scribe_libs.jobindex import stream_config as job_index_config  # noqa: PLC0415 - a separate insertion
+
+    await _ensure_stream(js, job_index_config(retention_seconds))
+    jobs = await ensure_kv(
         js, KeyValueConfig(bucket=JOBS_BUCKET, history=1, ttl=retention_seconds, storage=StorageType.FILE)
     )
-    workers = await _ensure_kv(
+    workers = await ensure_kv(
         js, KeyValueConfig(bucket=WORKERS_BUCKET, history=1, ttl=WORKER_TTL_SECONDS, storage=StorageType.MEMORY)
     )
-    glossaries = await _ensure_kv(js, KeyValueConfig(bucket=GLOSSARIES_BUCKET, history=10, storage=StorageType.FILE))
+    glossaries = await ensure_kv(js, KeyValueConfig(bucket=GLOSSARIES_BUCKET, history=10, storage=StorageType.FILE))
     return jobs, workers, glossaries
+
+
+#: How long (seconds) a JetStream API request of a :class:`Bus` is retried while the asset it
+#: addresses has no leader (a cluster node died and its RAFT groups elect new leaders: 503 "no
+#: leader", no responders, or no answer at all). nats-server's elections take a few seconds
+#: (tests/cluster/test_nats_cluster.py: 5-10 s after the SIGKILL of a leader); then the error is raised and
+#: a gRPC call leaves as UNAVAILABLE BROKER_UNAVAILABLE.
+ELECTION_RETRY_SECONDS = 10.0
+#: Per-attempt timeout (seconds) of those retries: short, so the request is re-sent soon after
+#: the new leader is there instead of waiting out the context's 5 s timeout again.
+ELECTION_RETRY_ATTEMPT_SECONDS = 2.0
+#: JetStream API requests that change something and are not safe to send twice when the first
+#: one got no answer (it may have been applied): only a 503 / no-responders reply is retried.
+_NOT_IDEMPOTENT = (".DELETE.", ".PURGE.", ".MSG.DELETE.", ".LEADER.STEPDOWN", ".PEER.REMOVE")
+
+
+class _ElectionTolerantJetStream(JetStreamContext):
+    """A JetStreamContext whose API requests ride out a leader election of a JetStream cluster.
+
+    Every JetStream API request (stream and consumer info and creation, KV gets, which nats-py
+    sends as ``$JS.API.STREAM.MSG.GET`` requests, ...) goes through ``_api_request``; this one
+    retries it for up to :data:`ELECTION_RETRY_SECONDS` when JetStream answers 503 (no leader,
+    cluster not available) or nobody answers, with attempts of
+    :data:`ELECTION_RETRY_ATTEMPT_SECONDS`. Requests that may have been applied although they got
+    no answer (:data:`_NOT_IDEMPOTENT`) are retried on a 503 only. Publishes (KV puts, job
+    messages) are not requests of this kind and are not retried: their callers decide.
+
+    Used when the settings name a cluster (several URLs or replicas > 1). Seen without it
+    (tests/cluster/test_nats_cluster.py): after the SIGKILL of the node leading
+    ``KV_scribe_jobs``, ``GetJob`` and the transcriber's state transitions failed with
+    ``nats: timeout`` for the ~5 s until the bucket's stream had a new leader.
+    """
+
+    async def _api_request(self, req_subject: str, req: bytes = b"", timeout: float = 5) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        idempotent = not any(part in req_subject for part in _NOT_IDEMPOTENT)
+        attempt_timeout = timeout
+        delay = 0.1
+        while True:
+            try:
+                return await super()._api_request(req_subject, req, timeout=attempt_timeout)
+            except ServiceUnavailableError as exc:
+                error: Exception = exc
+            except nats.errors.TimeoutError as exc:
+                if not idempotent:
+                    raise
+                error = exc
+            now = loop.time()
+            if deadline is None:
+                deadline = now + ELECTION_RETRY_SECONDS
+                log.info("JetStream request %s failed (%r); retrying during a leader election", req_subject, error)
+            if now + delay >= deadline or self._nc.is_closed:
+                raise error
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            attempt_timeout = min(timeout, ELECTION_RETRY_ATTEMPT_SECONDS, max(deadline - loop.time(), 0.1))
 
 
 async def _open_client(settings: NatsSettings, name: str, events: Bus | _Pending) -> NATS:
@@ -363,8 +542,11 @@ async def connect(settings: NatsSettings, name: str, *, retention_seconds: float
     """
     pending = _Pending()
     nc = await _open_client(settings, name, pending)
-    js = nc.jetstream()
-    jobs, workers, glossaries = await declare(js, retention_seconds)
+    # Elections happen in a cluster only; a lone server that does not answer is down, and callers
+    # learn it after the request timeout (UNAVAILABLE), not 10 s later.
+    clustered = settings.replicas > 1 or "," in settings.url
+    js = _ElectionTolerantJetStream(nc) if clustered else nc.jetstream()
+    jobs, workers, glossaries = await declare(js, retention_seconds, replicas=settings.replicas)
     bus = Bus(
         nc=nc, js=js, jobs=jobs, workers=workers, glossaries=glossaries, settings=settings, name=name,
         retention_seconds=retention_seconds, dependency=current_dependencies().add(Dependency("nats")),
@@ -436,6 +618,10 @@ async def consume(
     its message unacked, so JetStream redelivers it after the ack wait. The subscription is
     removed at the end, so draining the connection does not wait for a pending pull request.
 
+    ``stopping`` withdraws an idle fetch at once instead of waiting out its 1 s (a round trip,
+    milliseconds): a message in hand is handled to the end; one the server sent meanwhile is
+    handled too, or nakked (redelivered now, not after the ack wait).
+
     Args:
         sub: A durable pull subscription.
         handle: Processes one message; expected to end in ack, nak or term.
@@ -444,7 +630,9 @@ async def consume(
     """
     while not stopping.is_set():
         try:
-            msgs = await sub.fetch(1, timeout=1.0)
+            msgs = await _fetch_unless_stopping(sub, stopping)
+            if msgs is None:
+                break
         except (TimeoutError, nats.errors.TimeoutError):
             continue
         except nats.errors.ConnectionClosedError:
@@ -455,8 +643,11 @@ async def consume(
             if sub is None:
                 return
             continue
-        except Exception:  # noqa: BLE001 - the loop outlives a broker hiccup
-            log.warning("fetching %s messages failed; retrying", what, exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - the loop outlives a broker hiccup
+            # 503: the consumer has no leader (a cluster node died; its RAFT group elects one in a
+            # few seconds): expected, no traceback. Anything else is worth one.
+            unavailable = isinstance(exc, ServiceUnavailableError)
+            log.warning("fetching %s messages failed (%r); retrying", what, exc, exc_info=not unavailable)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=1.0)
             continue
@@ -467,6 +658,75 @@ async def consume(
                 log.exception("handling a %s message failed", what)
     with contextlib.suppress(Exception):
         await sub.unsubscribe()
+
+
+#: Seconds a stopping :func:`consume` waits for the server to confirm that its pull request is
+#: withdrawn (a round trip: milliseconds) before it abandons the fetch regardless.
+WITHDRAW_SECONDS = 0.5
+
+
+async def _fetch_unless_stopping(
+    sub: JetStreamContext.PullSubscription, stopping: asyncio.Event
+) -> list[Msg] | None:
+    """``sub.fetch(1, timeout=1.0)``, or None soon after ``stopping`` is set while it waits.
+
+    The fetch's errors propagate; a fetch that completed is returned even when ``stopping`` came
+    at the same time (its message is in hand). When ``stopping`` comes first, the pull request is
+    withdrawn rather than waited out (:func:`_withdraw`: milliseconds), a message that arrives
+    meanwhile is returned (in hand), and any left in the subscription's queue once the fetch is
+    cancelled is nakked, so that it is redelivered now rather than after the ack wait. The caller
+    unsubscribes after None.
+    """
+    fetch = asyncio.ensure_future(sub.fetch(1, timeout=1.0))
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not fetch.done():
+            await _withdraw(sub, fetch)
+    finally:
+        stop.cancel()
+        if not fetch.done():
+            fetch.cancel()
+    if fetch.done() and not fetch.cancelled():
+        return fetch.result()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await fetch  # let the cancellation land
+    await _nak_pending(sub)
+    return None
+
+
+async def _withdraw(sub: JetStreamContext.PullSubscription, fetch: asyncio.Future[list[Msg]]) -> None:
+    """Withdraw ``sub``'s interest while ``fetch`` still waits, and let what the server sent arrive.
+
+    An UNSUB (the server delivers nothing more to the subscription's inbox; the client keeps the
+    subscription, so what is on its way still lands in its queue) and a PING/PONG round trip
+    after it. Returns when the round trip is done, or the fetch is (a message came), or after
+    :data:`WITHDRAW_SECONDS`. Not ``Subscription.drain()``: that waits until the queue's every
+    item was ``task_done()``, which nats-py's fetch does not always call (a discarded status
+    message), and would then hang until its timeout.
+    """
+    core = getattr(sub, "_sub", None)  # the nats-py Subscription under the pull subscription
+    conn = getattr(core, "_conn", None)
+    if core is None or conn is None or conn.is_closed or conn.is_draining or conn.is_reconnecting:
+        return
+    try:
+        await conn._send_unsubscribe(core._id)
+        flushed = asyncio.ensure_future(conn.flush(timeout=WITHDRAW_SECONDS))
+        flushed.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody else reads it
+        await asyncio.wait({fetch, flushed}, timeout=WITHDRAW_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+    except Exception as exc:  # noqa: BLE001 - best effort: the fetch is abandoned all the same
+        log.debug("withdrawing the pull request failed: %r", exc)
+
+
+async def _nak_pending(sub: JetStreamContext.PullSubscription) -> None:
+    """Nak the messages left in ``sub``'s queue (nats-py's ``_pending_queue``), best effort."""
+    queue: asyncio.Queue[Msg] | None = getattr(getattr(sub, "_sub", None), "_pending_queue", None)
+    while queue is not None and not queue.empty():
+        msg = queue.get_nowait()
+        queue.task_done()
+        if msg.reply and not JetStreamContext.is_status_msg(msg):
+            with contextlib.suppress(Exception):
+                await msg.nak()
 
 
 async def _resubscribe(

@@ -26,6 +26,17 @@ class NatsSettings(BaseModel):
     url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma separated.")
     connect_timeout: float = Field(5.0, description="Seconds to wait for each connection attempt.")
     max_reconnect_attempts: int = Field(-1, description="Reconnect attempts after a lost connection; -1 forever.")
+    replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description=(
+            "Replicas of every JetStream stream and KV bucket the services declare (1..5, at most the "
+            "number of JetStream servers): 1 with the embedded single nats-server, 3 in the chart's "
+            "3-node NATS cluster (SCRIBE_<SERVICE>_NATS__REPLICAS). An existing stream with fewer "
+            "replicas is raised to this count at start (JetStream moves it by a stream update)."
+        ),
+    )
 
 
 class UnknownSetting(ValueError):

@@ -37,6 +37,8 @@ from scribe.v1 import jobs_pb2
 from scribe_libs import metrics
 from scribe_libs.bus import Bus, event_subject
 from scribe_libs.errors import FailedPrecondition, InvalidArgument, NotFound
+from scribe_libs.jobindex import JobIndex
+from scribe_libs.queue import PoolLedger
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ _ALLOWED: dict[int, frozenset[int]] = {
         {S.JOB_STATE_POSTPROCESSING, S.JOB_STATE_COMPLETED, S.JOB_STATE_FAILED, S.JOB_STATE_CANCELLED}
     ),
 }
+#: States in which a job counts in its pool's backlog (scribe_libs.queue): leaving them is ``done``.
+_IN_POOL = frozenset({S.JOB_STATE_QUEUED, S.JOB_STATE_RUNNING})
 #: Object store buckets (DESIGN.md, "Storage and messaging names").
 AUDIO_BUCKET = "scribe-audio"
 RESULTS_BUCKET = "scribe-results"
@@ -200,6 +204,8 @@ class JobStore:
     def __init__(self, bus: Bus):
         self.bus = bus
         self.kv = bus.jobs
+        self._ledger = PoolLedger(bus)
+        self.index = JobIndex(bus)
 
     def _serialize(self, job: jobs_pb2.Job) -> bytes:
         """The record's bytes; raises RecordTooLarge when they would not fit in a NATS message."""
@@ -210,7 +216,7 @@ class JobStore:
         return data
 
     async def create(self, job: jobs_pb2.Job) -> None:
-        """Store a new job record.
+        """Store a new job record and append it to its owner's index (scribe_libs.jobindex).
 
         Raises:
             FailedPrecondition: ``JOB_EXISTS``.
@@ -218,6 +224,17 @@ class JobStore:
         """
         job.create_time.CopyFrom(now_timestamp())
         job.update_time.CopyFrom(job.create_time)
+        self._serialize(job)  # too large: refused before the index entry is written
+        # Index first (ListJobs reads it): an entry whose record never got written is skipped by
+        # the reader, a record without an entry would never be listed. The append may raise
+        # create_time to the owner's previous entry's (create times never decrease per owner).
+        await self.index.append(job)
+        job.update_time.CopyFrom(job.create_time)
+        if not job.HasField("expire_time") and self.bus.retention_seconds > 0:
+            # When the record and transcripts go (the proto's create_time + retention period).
+            job.expire_time.FromNanoseconds(
+                job.create_time.ToNanoseconds() + int(self.bus.retention_seconds * 1e9)
+            )
         data = self._serialize(job)
         try:
             await self.kv.create(job.job_id, data)
@@ -269,6 +286,7 @@ class JobStore:
         """
         for _ in range(_MAX_CAS_ATTEMPTS):
             job, revision = await self.get_with_revision(job_id)
+            before = job.state
             if mutate(job) is False:
                 return job
             job.update_time.CopyFrom(now_timestamp())
@@ -277,6 +295,9 @@ class JobStore:
                 await self.kv.update(job_id, data, last=revision)
             except KeyWrongLastSequenceError:
                 continue
+            if before in _IN_POOL and job.state not in _IN_POOL and job.queue_ticket.number:
+                # This write took the job out of its pool: exactly one writer gets here.
+                await self._ledger.done(job.pool, job.audio_duration)
             if event:
                 await self._event(job, event)
             return job
@@ -346,7 +367,7 @@ class JobStore:
         await self.kv.purge(job_id)
 
     async def list(self) -> list[jobs_pb2.Job]:
-        """Every job record (order unspecified)."""
+        """Every job record (order unspecified); reads the whole bucket (ListJobs reads the index instead)."""
         # The stream's per-subject index, not KeyValue.keys(): nats-py's keys() watcher was seen
         # to end early on a busy bucket (an empty list while 100 records existed).
         prefix = f"$KV.{self.kv._name}."  # noqa: SLF001 - the bucket name nats-py keeps

@@ -21,12 +21,17 @@ The ETA a user is shown for a job already in a queue is :func:`scribe_libs.queue
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from scribe.v1 import transcriber_pb2
 from scribe_libs.devices import canonical_model
 from scribe_libs.errors import FailedPrecondition
+from scribe_libs.queue import DEFAULT_RTF, PoolLedger
+from scribe_libs.registry import WorkerRegistry
+
+log = logging.getLogger(__name__)
 
 #: Wait assumed for a configured pool with no live worker: larger than any real backlog.
 NO_LIVE_WORKER_WAIT_SECONDS = 1e9
@@ -40,7 +45,7 @@ class PoolView:
         name: Pool name (the ``scribe.jobs.<pool>`` subject suffix).
         models: Canonical model names the pool serves: configured ones plus those its live
             workers have loaded.
-        live_workers: Profiles updated within the TTL.
+        live_count: Workers whose profile was updated within the TTL.
         rtf: Mean measured real-time factor of the live workers that have one (> 0), else the
             configured default.
         rtf_measured: Whether ``rtf`` comes from measurements.
@@ -50,16 +55,11 @@ class PoolView:
 
     name: str
     models: frozenset[str]
-    live_workers: tuple[transcriber_pb2.WorkerProfile, ...] = ()
+    live_count: int = 0
     rtf: float = 1.0
     rtf_measured: bool = False
     backlog_audio_seconds: float = 0.0
     configured: bool = False
-
-    @property
-    def live_count(self) -> int:
-        """Number of live workers."""
-        return len(self.live_workers)
 
     def with_backlog(self, audio_seconds: float) -> PoolView:
         """A copy with another backlog."""
@@ -83,10 +83,40 @@ class RoutingDecision:
     reason: str
 
 
-def _timestamp_seconds(profile: transcriber_pb2.WorkerProfile) -> float | None:
-    if not profile.HasField("update_time"):
-        return None
-    return profile.update_time.seconds + profile.update_time.nanos / 1e9
+def pool_views(
+    registry: WorkerRegistry,
+    configured: Mapping[str, Sequence[str]],
+    default_rtf: float,
+    backlog_audio_seconds: Mapping[str, float] | None = None,
+) -> list[PoolView]:
+    """The pools as the router sees them, from the registry's running totals: O(pools).
+
+    Args:
+        registry: Live workers by pool (:class:`scribe_libs.registry.WorkerRegistry`).
+        configured: Pool name -> models it serves, from configuration.
+        default_rtf: RTF of a pool none of whose live workers has measured one yet.
+        backlog_audio_seconds: Pool name -> queued/running audio seconds (missing = 0).
+
+    Returns:
+        Pools sorted by name: every configured pool, and every pool with a live worker.
+    """
+    backlog = backlog_audio_seconds or {}
+    out = []
+    for name in sorted(set(configured) | set(registry.pool_names())):
+        totals = registry.totals(name)
+        models = {canonical_model(m) for m in configured.get(name, ())} | set(totals.models)
+        out.append(
+            PoolView(
+                name=name,
+                models=frozenset(models),
+                live_count=totals.live,
+                rtf=totals.rtf(default_rtf),
+                rtf_measured=totals.rtf_count > 0,
+                backlog_audio_seconds=float(backlog.get(name, 0.0)),
+                configured=name in configured,
+            )
+        )
+    return out
 
 
 def pools_from(
@@ -97,45 +127,20 @@ def pools_from(
     default_rtf: float,
     backlog_audio_seconds: Mapping[str, float] | None = None,
 ) -> list[PoolView]:
-    """Group profiles into pools.
+    """:func:`pool_views` of a list of profiles (stale ones, by ``update_time``, dropped).
 
     Args:
-        profiles: Current entries of the ``scribe_workers`` bucket (stale ones are dropped here,
-            so a bucket whose TTL purge lags still routes correctly).
+        profiles: Entries of the ``scribe_workers`` bucket.
         configured: Pool name -> models it serves, from configuration.
         now: Current time, Unix seconds.
         ttl_seconds: A profile whose ``update_time`` is older than this is a dead worker.
         default_rtf: RTF of a pool none of whose live workers has measured one yet.
         backlog_audio_seconds: Pool name -> queued/running audio seconds (missing = 0).
-
-    Returns:
-        Pools sorted by name: every configured pool, and every pool with a live worker.
     """
-    backlog = backlog_audio_seconds or {}
-    live: dict[str, list[transcriber_pb2.WorkerProfile]] = {}
+    registry = WorkerRegistry(ttl_seconds=ttl_seconds, clock=lambda: now)
     for profile in profiles:
-        updated = _timestamp_seconds(profile)
-        if updated is None or now - updated > ttl_seconds:
-            continue
-        live.setdefault(profile.pool or "default", []).append(profile)
-    out = []
-    for name in sorted(set(configured) | set(live)):
-        workers = live.get(name, [])
-        models = {canonical_model(m) for m in configured.get(name, ())}
-        models |= {canonical_model(m) for w in workers for m in w.models_loaded}
-        measured = [w.real_time_factor for w in workers if w.real_time_factor > 0]
-        out.append(
-            PoolView(
-                name=name,
-                models=frozenset(models),
-                live_workers=tuple(workers),
-                rtf=sum(measured) / len(measured) if measured else default_rtf,
-                rtf_measured=bool(measured),
-                backlog_audio_seconds=float(backlog.get(name, 0.0)),
-                configured=name in configured,
-            )
-        )
-    return out
+        registry.apply(profile.worker_id, profile)
+    return pool_views(registry, configured, default_rtf, backlog_audio_seconds)
 
 
 def expected_wait_seconds(backlog_audio_seconds: float, rtf: float, live_workers: int) -> float:
@@ -197,3 +202,37 @@ def choose_pool(model: str, pools: Sequence[PoolView], job_audio_seconds: float 
     if len(ranked) > 1:
         reason += f"; next best {ranked[1][1]} done in {ranked[1][0]:.1f} s"
     return RoutingDecision(pool=name, expected_wait_seconds=wait, expected_completion_seconds=completion, reason=reason)
+
+
+async def route(
+    registry: WorkerRegistry,
+    ledger: PoolLedger,
+    configured: Mapping[str, Sequence[str]],
+    model: str,
+    audio_seconds: float = 0.0,
+    default_rtf: float = DEFAULT_RTF,
+) -> RoutingDecision:
+    """Route a batch job: :func:`choose_pool` on the live registry and the pools' ledgers.
+
+    Cost: one registry sync (one request), then two counter reads per pool that serves the model
+    (:meth:`scribe_libs.queue.PoolLedger.backlog_audio_seconds`): independent of the number of
+    workers and of queued jobs.
+
+    Args:
+        registry: Live workers (started :class:`~scribe_libs.registry.WorkerRegistry`).
+        ledger: The pools' queue counters.
+        configured: Pool name -> models it serves (eligible with no live worker).
+        model: Requested model (aliases such as ``"turbo"`` resolved).
+        audio_seconds: The job's audio duration, seconds (0 when not known yet: ranks by wait).
+        default_rtf: RTF of a pool that has not measured one.
+
+    Raises:
+        FailedPrecondition: ``NO_POOL_FOR_MODEL`` (see :func:`choose_pool`).
+    """
+    await registry.sync()
+    wanted = canonical_model(model)
+    pools = pool_views(registry, configured, default_rtf)
+    backlog = {p.name: await ledger.backlog_audio_seconds(p.name) for p in pools if wanted in p.models}
+    decision = choose_pool(model, [p.with_backlog(backlog.get(p.name, 0.0)) for p in pools], audio_seconds)
+    log.info("job routed", extra={"model": model, "pool": decision.pool, "reason": decision.reason})
+    return decision

@@ -69,9 +69,10 @@ def test_bigger_cards_get_more_capacity_than_smaller_ones():
 def test_cpu_capacity_comes_from_cores():
     two = load_recorded("cpu-only")
     many = dataclasses.replace(two, cpu_cores=16)
-    assert decide(two, ["base"]).batch_capacity == 1
+    assert decide(two, ["base"], cpu_replicas=2).batch_capacity == 1
     assert decide(two, ["base"]).realtime_capacity == 1
-    assert decide(many, ["base"]).batch_capacity == 4
+    # concurrent batch jobs: one per 4 cores (and per CTranslate2 replica, libs/tests/test_job_slots.py)
+    assert decide(many, ["base"], cpu_replicas=16).batch_capacity == 4
     assert decide(many, ["base"]).realtime_capacity == 8
 
 
@@ -435,6 +436,28 @@ def test_system_probe_without_a_driver_treats_the_machine_as_cpu_only(tmp_path, 
     assert [f.device for f in facts] == ["cpu"]
     assert probe.no_gpu_reason == "CTranslate2 sees 1 CUDA device(s) but NVML failed to start: Driver Not Loaded"
     assert f"no GPU: {probe.no_gpu_reason}" in [r.getMessage() for r in caplog.records]
+
+
+def test_the_no_gpu_reason_is_logged_at_info_once_then_at_debug(tmp_path, caplog):
+    # the transcriber re-probes on every profile refresh (every few seconds)
+    caplog.set_level(logging.DEBUG, logger="scribe_libs.devices")
+    proc, cgroup = proc_dir(tmp_path)
+    nvml = fake_nvml({})
+    probe = SystemProbe(proc_root=proc, cgroup_root=cgroup, ctranslate2_module=fake_ct2(0), nvml_module=nvml)
+    probe.probe()
+    probe.probe()
+
+    def no_gpu(level):
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("no GPU") and r.levelno == level]
+
+    reason = "CTranslate2 reports 0 CUDA devices (NVML: driver present, 0 device(s) visible to NVML)"
+    assert probe.no_gpu_reason == reason
+    assert no_gpu(logging.INFO) == [f"no GPU: {reason}"]
+    assert no_gpu(logging.DEBUG) == [f"no GPU: {reason}"]
+    # a new reason is news again
+    nvml.nvmlInit = fake_nvml({}, init_error="Driver Not Loaded").nvmlInit
+    probe.probe()
+    assert no_gpu(logging.INFO)[-1] == "no GPU: CTranslate2 reports 0 CUDA devices (NVML: Driver Not Loaded)"
 
 
 def test_system_probe_without_nvidia_ml_py_treats_the_machine_as_cpu_only(tmp_path, monkeypatch):

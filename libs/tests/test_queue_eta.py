@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from scribe.v1 import jobs_pb2, transcriber_pb2
-from scribe_libs.queue import DEFAULT_RTF, QueueView, eta_queued, eta_running, pool_rtf
+from scribe_libs.queue import DEFAULT_RTF, QueueView, eta_queued, eta_running
+from scribe_libs.registry import PoolTotals
 
 
 def view(ahead: float, running_audio: float = 0.0) -> QueueView:
@@ -53,6 +54,11 @@ def test_running_eta_before_progress_uses_the_pool_rtf():
 
 
 def test_pool_rtf_is_the_mean_measured_one_or_the_default():
-    profiles = [transcriber_pb2.WorkerProfile(real_time_factor=r) for r in (0.1, 0.3, 0.0)]
-    assert pool_rtf(profiles) == pytest.approx(0.2)
-    assert pool_rtf(profiles[2:]) == pool_rtf([]) == DEFAULT_RTF
+    totals = PoolTotals()
+    for i, r in enumerate((0.1, 0.3, 0.0)):
+        totals.add(transcriber_pb2.WorkerProfile(worker_id=f"w{i}", real_time_factor=r))
+    assert totals.rtf(DEFAULT_RTF) == pytest.approx(0.2)
+    totals.remove("w0")
+    totals.remove("w1")
+    assert totals.rtf(DEFAULT_RTF) == PoolTotals().rtf(DEFAULT_RTF) == DEFAULT_RTF
+    assert totals.live == 1

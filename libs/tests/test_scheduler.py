@@ -52,7 +52,7 @@ def test_pools_from_keeps_live_profiles_averages_rtf_and_keeps_configured_pools(
     by_name = {p.name: p for p in pools}
     assert [p.name for p in pools] == ["a100", "cpu", "t4"]
     a100 = by_name["a100"]
-    assert [w.worker_id for w in a100.live_workers] == ["a-0", "a-1"]
+    assert a100.live_count == 2  # a-0 and a-1
     assert a100.rtf == pytest.approx(0.03) and a100.rtf_measured
     assert a100.models == {"large-v3", "large-v3-turbo"}
     assert a100.backlog_audio_seconds == 30.0 and not a100.configured
@@ -65,9 +65,9 @@ def test_pools_from_keeps_live_profiles_averages_rtf_and_keeps_configured_pools(
 
 def test_choose_pool_prefers_least_expected_wait_and_breaks_ties_by_name():
     pools = [
-        PoolView("b", frozenset({"base"}), (profile("b0", "b", ["base"]),), rtf=0.5, backlog_audio_seconds=100.0),
-        PoolView("a", frozenset({"base"}), (profile("a0", "a", ["base"]),), rtf=0.5, backlog_audio_seconds=100.0),
-        PoolView("c", frozenset({"base"}), (profile("c0", "c", ["base"]),), rtf=0.5, backlog_audio_seconds=10.0),
+        PoolView("b", frozenset({"base"}), 1, rtf=0.5, backlog_audio_seconds=100.0),
+        PoolView("a", frozenset({"base"}), 1, rtf=0.5, backlog_audio_seconds=100.0),
+        PoolView("c", frozenset({"base"}), 1, rtf=0.5, backlog_audio_seconds=10.0),
     ]
     decision = choose_pool("base", pools, 0.0)
     assert decision.pool == "c" and decision.expected_wait_seconds == pytest.approx(5.0)
@@ -77,8 +77,8 @@ def test_choose_pool_prefers_least_expected_wait_and_breaks_ties_by_name():
 
 
 def test_a_long_job_goes_where_it_finishes_first_not_where_it_starts_first():
-    fast = PoolView("gpu", frozenset({"small"}), (profile("g", "gpu", ["small"]),), rtf=0.05, backlog_audio_seconds=600)
-    slow = PoolView("cpu", frozenset({"small"}), (profile("c", "cpu", ["small"]),), rtf=0.6, backlog_audio_seconds=0)
+    fast = PoolView("gpu", frozenset({"small"}), 1, rtf=0.05, backlog_audio_seconds=600)
+    slow = PoolView("cpu", frozenset({"small"}), 1, rtf=0.6, backlog_audio_seconds=0)
     assert choose_pool("small", [fast, slow], 0.0).pool == "cpu"  # by wait alone: cpu starts now
     long_job = choose_pool("small", [fast, slow], 3600.0)
     assert long_job.pool == "gpu"  # 30 s wait + 180 s beats 0 s + 2160 s
@@ -86,10 +86,8 @@ def test_a_long_job_goes_where_it_finishes_first_not_where_it_starts_first():
 
 
 def test_a_configured_pool_with_no_live_worker_is_eligible_but_last():
-    dead = PoolView("a100", frozenset({"large-v3"}), (), rtf=0.03, configured=True)
-    busy = PoolView(
-        "t4", frozenset({"large-v3"}), (profile("t", "t4", ["large-v3"]),), rtf=0.1, backlog_audio_seconds=1e5
-    )
+    dead = PoolView("a100", frozenset({"large-v3"}), 0, rtf=0.03, configured=True)
+    busy = PoolView("t4", frozenset({"large-v3"}), 1, rtf=0.1, backlog_audio_seconds=1e5)
     assert choose_pool("large-v3", [dead, busy], 60.0).pool == "t4"
     only = choose_pool("large-v3", [dead], 60.0)
     assert only.pool == "a100"  # the job waits in its queue for a worker

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from scribe_harness import FIXTURES, wait_for
-from scribe_harness import submit as harness_submit
 
 from scribe.v1 import jobs_pb2, results_pb2
+from scribe_harness import FIXTURES, wait_for
+from scribe_harness import submit as harness_submit
 from scribe_libs.bus import WORKER_HEARTBEAT_SECONDS, WORKER_TTL_SECONDS
 from scribe_libs.errors import error_info
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from scribe_harness import FIXTURES
-from scribe_harness import submit as harness_submit
 
 from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc
+from scribe_harness import FIXTURES
+from scribe_harness import submit as harness_submit
 from scribe_libs.errors import error_info
 from scribe_libs.jobs import AUDIO_BUCKET
 

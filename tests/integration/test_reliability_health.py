@@ -16,10 +16,10 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from scribe_harness import FIXTURES, wait_for
-from scribe_harness import submit as harness_submit
 
 from scribe.v1 import ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc
+from scribe_harness import FIXTURES, wait_for
+from scribe_harness import submit as harness_submit
 from scribe_libs.errors import error_info
 
 S = jobs_pb2.JobState

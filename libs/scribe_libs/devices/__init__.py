@@ -4,17 +4,24 @@ A transcriber owns one device. At start it probes the device (:class:`SystemProb
 :func:`decide` picks the compute type and the models that fit in the device's free memory,
 stepping down precision, then model, then to the CPU, each step recorded as a reason. The
 decision becomes a ``scribe.v1.WorkerProfile`` (:func:`profile_from`) and Kubernetes pod
-labels/annotations (:func:`kubernetes_labels`). An out-of-memory during a job takes at most two
+labels/annotations (:func:`kubernetes_labels`). Its batch capacity, the batch jobs the worker
+runs at once, is :func:`job_slots` of the accepted configuration. An out-of-memory during a job takes at most two
 further steps down (:func:`oom_downgrade`), then the job fails.
 
 Modules: :mod:`.probe` (facts, probes), :mod:`.memory` (compute types, model memory estimates),
-:mod:`.decision` (decide, oom_downgrade), :mod:`.profile` (WorkerProfile, pod labels).
+:mod:`.capacity` (concurrent batch jobs), :mod:`.decision` (decide, oom_downgrade),
+:mod:`.profile` (WorkerProfile, pod labels).
 """
 
-from scribe_libs.devices.decision import (
+from scribe_libs.devices.capacity import (
     CPU_CORES_PER_BATCH_SLOT,
+    HEADROOM_FRACTION,
+    MAX_JOB_SLOTS,
+    job_slots,
+    job_workspace_bytes,
+)
+from scribe_libs.devices.decision import (
     CPU_CORES_PER_REALTIME_SLOT,
-    MAX_BATCH_CAPACITY,
     MAX_OOM_DOWNGRADES,
     MAX_REALTIME_CAPACITY,
     Decision,
@@ -34,6 +41,7 @@ from scribe_libs.devices.memory import (
     GiB,
     MiB,
     ModelSpec,
+    bytes_per_param,
     canonical_model,
     estimate_model_bytes,
     estimate_slot_bytes,
@@ -59,8 +67,9 @@ __all__ = [
     "CPU_CORES_PER_REALTIME_SLOT",
     "ENGLISH_LADDER",
     "FACTS_DIR",
+    "HEADROOM_FRACTION",
     "LABEL_VALUE",
-    "MAX_BATCH_CAPACITY",
+    "MAX_JOB_SLOTS",
     "MAX_OOM_DOWNGRADES",
     "MAX_REALTIME_CAPACITY",
     "MODEL_ALIASES",
@@ -80,10 +89,13 @@ __all__ = [
     "RecordedProbe",
     "Selection",
     "SystemProbe",
+    "bytes_per_param",
     "canonical_model",
     "decide",
     "estimate_model_bytes",
     "estimate_slot_bytes",
+    "job_slots",
+    "job_workspace_bytes",
     "kubernetes_labels",
     "label_value",
     "load_recorded",

@@ -3,7 +3,8 @@
 :func:`decide` searches precision first, then model, then the CPU, until the resident models and
 the minimum batch/realtime slots fit in the device's free memory (measured through ``measure``
 when the caller can load models, else estimated); :func:`oom_downgrade` continues that search
-after an out-of-memory during a job, at most :data:`MAX_OOM_DOWNGRADES` times.
+after an out-of-memory during a job, at most :data:`MAX_OOM_DOWNGRADES` times. The accepted
+configuration's batch capacity is :func:`scribe_libs.devices.capacity.job_slots`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from scribe_libs.devices.capacity import CPU_CORES_PER_BATCH_SLOT, HEADROOM_FRACTION, job_slots
 from scribe_libs.devices.memory import (
     ENGLISH_LADDER,
     MODEL_SPECS,
@@ -32,13 +34,10 @@ from scribe_libs.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
-#: Batch slots the batched pipeline may use at most (faster-whisper benchmarks batch 8 and 16).
-MAX_BATCH_CAPACITY = 16
 #: Realtime windows decoded together at most (policy; the gateway batches across sessions).
 MAX_REALTIME_CAPACITY = 32
-#: On CPU: cores per concurrent batch job, and per concurrent realtime window (policy: one decode
-#: keeps 2-4 CTranslate2 threads busy; DESIGN.md measured 0.55-0.9 s per window on 2 cores).
-CPU_CORES_PER_BATCH_SLOT = 4
+#: On CPU: cores per concurrent realtime window (policy: DESIGN.md measured 0.55-0.9 s per window
+#: on 2 cores); per concurrent batch job: :data:`CPU_CORES_PER_BATCH_SLOT` (4, capacity.py).
 CPU_CORES_PER_REALTIME_SLOT = 2
 #: Out-of-memory downgrades per job before it fails (issue 3).
 MAX_OOM_DOWNGRADES = 2
@@ -65,7 +64,11 @@ class Decision:
         memory_models_bytes: What the resident models take (measured when ``measure`` was
             given, else estimated), bytes.
         measured: Whether ``memory_models_bytes`` comes from measurements.
-        batch_capacity: Concurrent batch slots that fit in the memory left (CPU: also by cores).
+        batch_capacity: Concurrent batch jobs the memory allows (each ``batch_size`` windows plus
+            its workspace, after the models and ``realtime_capacity`` windows; CPU: also by
+            replicas and cores), at most :data:`~scribe_libs.devices.capacity.MAX_JOB_SLOTS`:
+            :func:`~scribe_libs.devices.capacity.job_slots`. The number of jobs the worker runs
+            at once and advertises (``WorkerProfile.batch_capacity``).
         realtime_capacity: Concurrent realtime windows that fit (CPU: also by cores).
     """
 
@@ -113,6 +116,9 @@ class _Plan:
     batch_slots: int
     realtime_slots: int
     realtime_share: float
+    headroom_fraction: float
+    batch_size: int
+    cpu_replicas: int
     measure: Measure | None
     cache: dict[tuple[str, str], int | None]
 
@@ -123,12 +129,14 @@ def decide(
     compute_type_requested: str = "auto",
     *,
     measure: Measure | None = None,
-    headroom_fraction: float = 0.1,
+    headroom_fraction: float = HEADROOM_FRACTION,
     batch_slots: int = 4,
     realtime_slots: int = 4,
     realtime_share: float = 0.5,
     cpu_facts: DeviceFacts | None = None,
     cpu_measure: Measure | None = None,
+    batch_size: int = 8,
+    cpu_replicas: int = 1,
 ) -> Decision:
     """Pick the compute type and models for a device; step down until they fit.
 
@@ -139,7 +147,10 @@ def decide(
     step reaches a model no larger than a resident realtime model of the same language family,
     the realtime model serves batch jobs too), then the realtime model (batch follows). If no GPU
     configuration fits and ``cpu_facts`` is given, the same search runs on the CPU. Each step is
-    recorded in ``Decision.steps`` and logged.
+    recorded in ``Decision.steps`` and logged. The accepted configuration's
+    ``batch_capacity`` (concurrent batch jobs) is :func:`~scribe_libs.devices.capacity.job_slots`
+    on these facts (free memory before any model was loaded) with ``batch_size`` and
+    ``cpu_replicas``; ``realtime_capacity`` splits the memory left by ``realtime_share``.
 
     Args:
         facts: The device (one entry of :meth:`DeviceProbe.probe`).
@@ -157,6 +168,10 @@ def decide(
         cpu_facts: The CPU, to fall back to when nothing fits on the GPU.
         cpu_measure: ``measure`` for the CPU fall-back (a caller that loads models for real
             loads them on another device there); ``measure`` when ``None``.
+        batch_size: Windows per batch of one batch job (the transcriber's ``batch_size``); sizes
+            ``batch_capacity``.
+        cpu_replicas: CTranslate2 replicas of a CPU model (the transcriber's engine.cpu_layout);
+            on CPU at most one batch job per replica.
 
     Returns:
         The decision; ``ready`` is False with ``not_ready_reason`` when nothing fits.
@@ -196,6 +211,9 @@ def decide(
         batch_slots=batch_slots,
         realtime_slots=realtime_slots,
         realtime_share=realtime_share,
+        headroom_fraction=headroom_fraction,
+        batch_size=batch_size,
+        cpu_replicas=cpu_replicas,
         measure=measure,
         cache={},
     )
@@ -221,6 +239,8 @@ def decide(
             batch_slots=batch_slots,
             realtime_slots=realtime_slots,
             realtime_share=realtime_share,
+            batch_size=batch_size,
+            cpu_replicas=cpu_replicas,
         )
         cpu.steps[:0] = decision.steps
         cpu.warnings[:0] = [w for w in decision.warnings if w not in cpu.warnings]
@@ -414,17 +434,20 @@ def _accept(decision: Decision, plan: _Plan, model_set: list[str], ct: str, need
     decision.ready, decision.not_ready_reason = True, ""
     decision._plan = plan
     leftover = max(0, plan.available - need)
-    cc = facts.compute_capability
-    batch_slot = estimate_slot_bytes(decision.batch_model, ct, facts.device, cc)
-    realtime_slot = estimate_slot_bytes(decision.realtime_model, ct, facts.device, cc)
-    batch = plan.batch_slots + int(leftover * (1 - plan.realtime_share)) // batch_slot
+    realtime_slot = estimate_slot_bytes(decision.realtime_model, ct, facts.device, facts.compute_capability)
     realtime = plan.realtime_slots + int(leftover * plan.realtime_share) // realtime_slot
-    batch_cap, realtime_cap = MAX_BATCH_CAPACITY, MAX_REALTIME_CAPACITY
+    realtime_cap = MAX_REALTIME_CAPACITY
     if facts.device == "cpu":
-        batch_cap = max(1, facts.cpu_cores // CPU_CORES_PER_BATCH_SLOT)
         realtime_cap = max(1, facts.cpu_cores // CPU_CORES_PER_REALTIME_SLOT)
-    decision.batch_capacity = min(batch, batch_cap)
     decision.realtime_capacity = min(realtime, realtime_cap)
+    # Jobs in what is left after the models and the realtime windows (job_slots reads both).
+    decision.batch_capacity = job_slots(
+        decision,
+        facts,
+        plan.batch_size,
+        cpu_replicas=plan.cpu_replicas,
+        headroom_fraction=plan.headroom_fraction,
+    )
     requested = decision.compute_type_requested
     if requested not in ("auto", "default") and requested != ct:
         mismatch = f"compute type requested {requested}, effective {ct}"
@@ -435,7 +458,8 @@ def _accept(decision: Decision, plan: _Plan, model_set: list[str], ct: str, need
         decision,
         f"use {' + '.join(decision.resident_models)} at {ct} on {facts.label}: needs {_gib(need)} of "
         f"{_gib(plan.available)} available ({'measured' if decision.measured else 'estimated'}); "
-        f"batch capacity {decision.batch_capacity}, realtime capacity {decision.realtime_capacity}",
+        f"{decision.batch_capacity} concurrent batch job(s) at batch size {plan.batch_size}, "
+        f"realtime capacity {decision.realtime_capacity}",
     )
 
 

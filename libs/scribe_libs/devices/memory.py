@@ -76,7 +76,7 @@ def _descending(ladder: list[str]) -> list[str]:
     """Keep only the steps that make the weights strictly smaller than the step before."""
     out = ladder[:1]
     for t in ladder[1:]:
-        if _weight_bytes_per_param(t) < _weight_bytes_per_param(out[-1]):
+        if bytes_per_param(t) < bytes_per_param(out[-1]):
             out.append(t)
     return out
 
@@ -169,7 +169,15 @@ def canonical_model(name: str) -> str:
     return MODEL_ALIASES.get(name, name)
 
 
-def _weight_bytes_per_param(compute_type: str) -> float:
+def bytes_per_param(compute_type: str) -> float:
+    """Bytes one weight takes at a CTranslate2 compute type (float16 2.0, int8_float16 1.04, ...).
+
+    int8 types quantize only embeddings and linear layers; the figures come from CTranslate2
+    docs/quantization.md (see the table above this function).
+
+    Raises:
+        KeyError: Not one of :data:`COMPUTE_TYPES`.
+    """
     return _BYTES_PER_PARAM[compute_type]
 
 
@@ -196,7 +204,7 @@ def estimate_model_bytes(
         KeyError: No spec for the model (measure it instead).
     """
     spec = MODEL_SPECS[canonical_model(model)]
-    weights = spec.params * _weight_bytes_per_param(compute_type)
+    weights = spec.params * bytes_per_param(compute_type)
     workspace = max(_MIN_WORKSPACE, _WORKSPACE_FRACTION * spec.params * _activation_bytes(compute_type, device, cc))
     return int(weights + workspace)
 

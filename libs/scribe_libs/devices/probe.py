@@ -122,7 +122,10 @@ class SystemProbe:
     CUDA device count and supported compute types come from CTranslate2; GPU name, memory
     total/free, compute capability (``nvmlDeviceGetCudaComputeCapability``) and driver version
     from NVML (``nvidia-ml-py``, module ``pynvml``). No CTranslate2 CUDA device, no NVML library
-    or no driver means no GPU; why is logged and kept in :attr:`no_gpu_reason`.
+    or no driver means no GPU; why is kept in :attr:`no_gpu_reason` and logged at INFO (WARNING
+    for a failed NVML query) on the first probe that finds it and whenever it changes, at DEBUG
+    on the probes that find it again (the transcriber re-probes for free memory every profile
+    refresh, a few seconds apart).
 
     NVML numbers physical GPUs while CUDA numbers the visible ones: with ``CUDA_VISIBLE_DEVICES``
     set, its entries (indices or ``GPU-``/``MIG-`` UUIDs) map CUDA indices to NVML handles.
@@ -152,19 +155,26 @@ class SystemProbe:
         self._nvml = nvml_module
         self._env = os.environ if environ is None else environ
         self.no_gpu_reason: str | None = None
+        self._logged_reason: str | None = None  # the no-GPU reason last logged above DEBUG
 
     def probe(self) -> list[DeviceFacts]:
         """GPU facts (possibly none) followed by the CPU facts."""
         self.no_gpu_reason = None
         cpu = self._probe_cpu()
         gpus = self._probe_cuda(cpu.cpu_cores)
+        if self.no_gpu_reason is None:
+            self._logged_reason = None  # a GPU again: losing it later is news
         return [*gpus, cpu]
 
     # -- CUDA ----------------------------------------------------------------------------------
 
-    def _no_gpu(self, reason: str) -> list[DeviceFacts]:
+    def _no_gpu(self, reason: str, level: int = logging.INFO) -> list[DeviceFacts]:
+        """Record why there is no GPU; log it at ``level`` once per reason, then at DEBUG."""
         self.no_gpu_reason = reason
-        log.info("no GPU: %s", reason)
+        if reason == self._logged_reason:
+            level = logging.DEBUG
+        self._logged_reason = reason
+        log.log(level, "no GPU: %s", reason)
         return []
 
     def _import(self, name: str, given: Any | None) -> Any:
@@ -214,9 +224,7 @@ class SystemProbe:
                 )
             return out
         except Exception as exc:  # noqa: BLE001 - a half-read GPU is treated as no GPU, loudly
-            log.warning("NVML query failed, treating as no GPU: %s", exc)
-            self.no_gpu_reason = f"NVML query failed: {exc}"
-            return []
+            return self._no_gpu(f"NVML query failed: {exc}", logging.WARNING)
         finally:
             try:
                 nvml.nvmlShutdown()

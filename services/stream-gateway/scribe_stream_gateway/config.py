@@ -81,7 +81,6 @@ class Settings(ServiceSettings):
         "change, so an early final costs no accuracy; the stored call joins a channel's finals less than 0.5 s "
         "apart into one segment. Larger values send fewer, longer finals (and later ones).",
     )
-    profile_refresh_seconds: float = Field(1.0, description="Worker profiles are re-read at most this often.")
     worker_pool: str = Field("", description="Only workers of this pool decode streams; empty = any pool.")
     job_pool: str = Field("stream", description="Pool name recorded on the job of a stored call.")
     worker_api_key: SecretStr = Field(

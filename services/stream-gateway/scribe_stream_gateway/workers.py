@@ -50,7 +50,7 @@ from scribe_libs import metrics
 from scribe_libs.auth import current_api_key, current_principal
 from scribe_libs.bus import WORKER_HEARTBEAT_SECONDS, Bus
 from scribe_libs.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
-from scribe_libs.queue import live_profiles
+from scribe_libs.registry import WorkerRegistry
 from scribe_stream_gateway.config import Settings
 
 log = logging.getLogger(__name__)
@@ -93,17 +93,17 @@ class WorkerPool:
     Args:
         bus: For the ``scribe_workers`` bucket.
         settings: Timeouts, cooldown, pool filter.
+        registry: The live worker registry (started by the caller); default: one on ``bus``
+            that is never started (each :meth:`profiles` with ``refresh`` re-reads the bucket).
     """
 
-    def __init__(self, bus: Bus, settings: Settings):
+    def __init__(self, bus: Bus, settings: Settings, registry: WorkerRegistry | None = None):
         self.bus = bus
         self.settings = settings
-        self._profiles: list[transcriber_pb2.WorkerProfile] = []
-        self._fetched_at = float("-inf")
+        self.registry = registry or WorkerRegistry(bus.workers if bus is not None else None, bus)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._in_flight: dict[str, int] = defaultdict(int)
         self._cooldown_until: dict[str, float] = {}
-        self._refresh_lock = asyncio.Lock()
         self._placed: dict[str, int] = defaultdict(int)
         """Slots (channels) of this gateway's sessions per worker endpoint."""
         self._recent: dict[str, dict[str, float]] = defaultdict(dict)
@@ -112,14 +112,15 @@ class WorkerPool:
         """Admitted sessions per API key id (quota-counted keys only)."""
 
     async def profiles(self, refresh: bool = False) -> list[transcriber_pb2.WorkerProfile]:
-        """Realtime-capable profiles, re-read at most every ``profile_refresh_seconds`` unless ``refresh``."""
-        async with self._refresh_lock:
-            now = time.monotonic()
-            if refresh or now - self._fetched_at >= self.settings.profile_refresh_seconds:
-                profiles = await live_profiles(self.bus.workers, self.settings.worker_pool or None)
-                self._profiles = [p for p in profiles if p.realtime_capacity > 0 and p.endpoint]
-                self._fetched_at = now
-            return list(self._profiles)
+        """Realtime-capable live profiles from the registry.
+
+        With ``refresh``, first waits for every profile written before the call
+        (:meth:`scribe_libs.registry.WorkerRegistry.sync`).
+        """
+        if refresh:
+            await self.registry.sync()
+        profiles = self.registry.profiles(self.settings.worker_pool or None)
+        return [p for p in profiles if p.realtime_capacity > 0 and p.endpoint]
 
     async def check_model(self, model: str) -> None:
         """Refuse a session no live worker could decode.
@@ -306,7 +307,7 @@ class WorkerPool:
     def _expire_cooldowns(self) -> None:
         """When every worker is cooling down, let them be tried again (the bucket says who is live)."""
         now = time.monotonic()
-        live = {p.endpoint for p in self._profiles}
+        live = {p.endpoint for p in self.registry.profiles(self.settings.worker_pool or None) if p.endpoint}
         if live and all(self._cooldown_until.get(e, 0.0) > now for e in live):
             for endpoint in live:
                 self._cooldown_until[endpoint] = min(self._cooldown_until[endpoint], now + 0.5)

@@ -7,7 +7,9 @@ for real through :class:`ModelLoader` (its ``measure``), stepping down precision
 then to the CPU, each step logged with its reason. The effective and requested compute types
 are both reported; a mismatch is a warning. When nothing fits (or a model cannot be found) the
 worker is not ready: health stays NOT_SERVING, the reason is logged and is the last line of the
-profile's ``decisions``.
+profile's ``decisions``. The decision's ``batch_capacity`` (made with this worker's
+``batch_size`` and CPU replicas) is how many batch jobs the worker loop runs at once and what the
+profile advertises; the ``max_concurrent_jobs`` setting, when > 0, replaces it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from scribe.v1 import transcriber_pb2
 from scribe_libs import __version__, metrics
 from scribe_libs.devices import (
+    MAX_JOB_SLOTS,
     Decision,
     DeviceFacts,
     DeviceProbe,
@@ -73,6 +76,19 @@ class WorkerDevice:
         """Whether the models are loaded and the worker can take jobs."""
         return self.engine is not None and not self.not_ready_reason
 
+    def job_slots(self, settings: Settings) -> int:
+        """Concurrent batch jobs for the decision in effect; 0 when not ready.
+
+        The decision's ``batch_capacity`` (:func:`scribe_libs.devices.job_slots`, made by
+        :func:`decide` with this worker's ``batch_size`` and CPU replicas on the memory free
+        before the models loaded), following an out-of-memory downgrade (the engine's decision).
+        ``max_concurrent_jobs`` > 0 (an operator who measured) replaces it.
+        """
+        decision = self.engine.decision if self.engine is not None else self.decision
+        if decision is None or not decision.ready:
+            return 0
+        return _max_concurrent_jobs(settings) or decision.batch_capacity
+
     def profile(
         self,
         settings: Settings,
@@ -89,7 +105,7 @@ class WorkerDevice:
         ``realtime`` as in ``profile_from`` (None: the decision's planned realtime capacity).
         """
         decision = self.engine.decision if self.engine is not None else self.decision
-        return profile_from(
+        profile = profile_from(
             decision,
             self.facts,
             worker_id=settings.worker_id,
@@ -108,6 +124,9 @@ class WorkerDevice:
             not_ready_reason=self.not_ready_reason,
             realtime=realtime,
         )
+        if decision is not None and decision.ready:
+            profile.batch_capacity = self.job_slots(settings)  # with max_concurrent_jobs applied
+        return profile
 
     def refresh_memory(self) -> None:
         """Re-read the device's free memory (blocking; a failed probe keeps the old figure)."""
@@ -129,7 +148,7 @@ def resident_models(settings: Settings) -> list[str]:
     first configured model when empty) is planned with its realtime windows.
     """
     models = list(dict.fromkeys(settings.models))
-    realtime = getattr(settings, "realtime_model", "")
+    realtime = settings.realtime_model
     if realtime and realtime not in models:
         models.append(realtime)
     return models
@@ -174,10 +193,15 @@ def decide_and_load(
         if selection.facts is None:
             return _not_ready(out, selection.reason)
         out.facts = selection.facts
-        threads, replicas = cpu_layout(settings.cpu_threads, getattr(settings, "cpu_replicas", 0))
+        threads, replicas = cpu_layout(settings.cpu_threads, settings.cpu_replicas)
+        # CUDA: one CTranslate2 replica per concurrent job, plus one for live Decode windows, so
+        # concurrent calls run in parallel instead of queueing on one replica; replicas on one
+        # device share the weights (CTranslate2 docs/parallel.md), each only adds its workspace
+        # when it runs, which the decision's batch capacity (job_slots) plans for.
+        gpu_workers = max(MAX_JOB_SLOTS, _max_concurrent_jobs(settings)) + 1
         loaders = {
             "cuda": ModelLoader("cuda", settings.device_index, default_cpu_threads(settings.cpu_threads), resolve,
-                                factory),
+                                factory, num_workers=gpu_workers),
             "cpu": ModelLoader("cpu", 0, threads, resolve, factory, num_workers=replicas),
         }
         decision = decide(
@@ -187,6 +211,8 @@ def decide_and_load(
             measure=loaders[selection.facts.device].measure,
             cpu_facts=selection.cpu_facts,
             cpu_measure=loaders["cpu"].measure,
+            batch_size=settings.batch_size,
+            cpu_replicas=replicas,
         )
         decision.steps.insert(0, selection.reason)
         out.decision = decision
@@ -197,14 +223,21 @@ def decide_and_load(
                 loader.keep_only(())
         if not decision.ready:
             return _not_ready(out, decision.not_ready_reason)
-        out.engine = Engine(loaders[decision.device], decision, resident_models(settings))
+        out.engine = Engine(
+            loaders[decision.device], decision, resident_models(settings), piece_seconds=settings.piece_seconds
+        )
     except Exception as exc:  # noqa: BLE001 - any start-up failure is a not-ready reason
         reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
         log.error("transcriber not ready: %s", reason, exc_info=True)
         return _not_ready(out, reason)
-    _log_decision(settings, decision)
+    _log_decision(settings, decision, out.job_slots(settings))
     out.started = True
     return out
+
+
+def _max_concurrent_jobs(settings: Settings) -> int:
+    """The configured ``max_concurrent_jobs`` (0 = the decision's batch capacity)."""
+    return settings.max_concurrent_jobs
 
 
 def _not_ready(out: WorkerDevice, reason: str) -> WorkerDevice:
@@ -214,7 +247,7 @@ def _not_ready(out: WorkerDevice, reason: str) -> WorkerDevice:
     return out
 
 
-def _log_decision(settings: Settings, decision: Decision) -> None:
+def _log_decision(settings: Settings, decision: Decision, slots: int) -> None:
     level = logging.WARNING if decision.warnings else logging.INFO
     if decision.warnings:
         metrics.downgrades.add(len(decision.warnings), {"cause": "start_up", "device": decision.device})
@@ -232,6 +265,8 @@ def _log_decision(settings: Settings, decision: Decision) -> None:
             "models": decision.resident_models,
             "memory_models_bytes": decision.memory_models_bytes,
             "batch_capacity": decision.batch_capacity,
+            "batch_size": settings.batch_size,
+            "job_slots": slots,
             "realtime_capacity": decision.realtime_capacity,
         },
     )

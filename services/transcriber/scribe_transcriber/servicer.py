@@ -139,7 +139,9 @@ async def create_server(settings: Settings) -> GrpcServer:
             log.error("transcriber not ready: %s", getattr(exc, "message", exc), exc_info=True)
             return
         state.engine = engine
-        worker = Worker(settings, bus, store, engine)
+        # As many jobs at once as the device's memory allows (device.job_slots), re-read before
+        # each fetch so an out-of-memory downgrade lowers it.
+        worker = Worker(settings, bus, store, engine, slots=lambda: device.job_slots(settings))
         state.worker = worker
         state.decoder = decoder
         tasks.append(asyncio.create_task(_heartbeat(state, bus), name=f"heartbeat-{settings.worker_id}"))

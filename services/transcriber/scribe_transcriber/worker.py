@@ -16,6 +16,16 @@ Delivery guarantees (DESIGN.md, "Data flow (batch)"):
   ``TRUNCATED_AUDIO`` and the decoded and stated seconds, not COMPLETED with a partial transcript.
   Containers whose duration FFmpeg only estimates from the bitrate (MP3 without a Xing header,
   raw AAC) are exempt: their estimate may differ from the decoded length either way.
+
+Concurrency: a worker runs up to ``slots`` jobs at once (``slots()`` is
+:meth:`scribe_transcriber.device.WorkerDevice.job_slots`: what the device's memory allows). Each
+job is its own task with its own heartbeat, cancel watch and progress, and ends in its own ack,
+nak or term; every rule above holds per job. A message is fetched only while a slot is free (the
+fetch loop, :func:`scribe_libs.bus.consume`, calls the next fetch only after :meth:`_dispatch`
+returns, and that waits for a free slot), so a worker never holds a message it cannot start; a
+job message in JetStream stays available to other workers of the pool meanwhile. Decoding runs
+in threads (``asyncio.to_thread``); SIGTERM (:meth:`Worker.stop`) stops fetching and waits for
+every job in hand.
 """
 
 from __future__ import annotations
@@ -24,6 +34,8 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from nats.aio.msg import Msg
@@ -47,6 +59,7 @@ from scribe_libs.jobs import (
 from scribe_libs.limits import is_truncated, truncated_message
 from scribe_libs.logs import job_context
 from scribe_libs.objectstore import ObjectNotFound, ObjectStore
+from scribe_libs.queue import PoolLedger
 from scribe_libs.telemetry import extract_context
 from scribe_libs.tempdirs import OwnedTempDir
 from scribe_libs.textproc import redact_transcript
@@ -62,50 +75,122 @@ _ESTIMATED_DURATION_CONTAINERS = frozenset({"mp3", "aac", "adts"})
 
 
 class Worker:
-    """Consumes ``scribe.jobs.<pool>`` with the pool's durable pull consumer, one job at a time."""
+    """Consumes ``scribe.jobs.<pool>`` with the pool's durable pull consumer, ``slots`` jobs at a time.
 
-    def __init__(self, settings: Settings, bus: busmod.Bus, store: ObjectStore, engine: Engine):
+    Args:
+        settings: Transcriber settings.
+        bus: NATS connection.
+        store: Object store (audio in, raw transcripts out).
+        engine: Anything with :meth:`scribe_transcriber.engine.Engine.transcribe`'s signature,
+            safe to call from several threads at once.
+        slots: Concurrent jobs: an int, or a callable read before each fetch (so a smaller
+            figure after an out-of-memory downgrade takes effect at the next fetch). 1 when
+            omitted (one job at a time).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        bus: busmod.Bus,
+        store: ObjectStore,
+        engine: Engine,
+        slots: int | Callable[[], int] = 1,
+    ):
         self.settings = settings
         self.bus = bus
         self.store = store
         self.engine = engine
         self.jobs = JobStore(bus)
+        self.ledger = PoolLedger(bus)
         # Each job's audio lives under <temp_dir>/scribe-transcriber; a killed worker's are removed here.
         self.temp = OwnedTempDir(settings.temp_dir, "transcriber").open()
-        self.current_load = 0
         self.real_time_factor = 0.0
+        self._slots = slots
+        self._in_hand: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Event()  # set when a job ends or stop() is called
         self._stopping = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._fetching = asyncio.Event()  # clear while run()'s fetch loop is running
+        self._fetching.set()
+        # Jobs in hand integrated over time (job-seconds), for the worker's effective RTF.
+        self._load_integral = 0.0
+        self._load_mark = time.monotonic()
+
+    @property
+    def slots(self) -> int:
+        """Concurrent jobs allowed now (at least 1)."""
+        value = self._slots() if callable(self._slots) else self._slots
+        return max(1, int(value))
+
+    @property
+    def current_load(self) -> int:
+        """Jobs in hand (fetched and not yet acked, nakked or termed)."""
+        return len(self._in_hand)
 
     async def run(self) -> None:
         """Fetch and handle jobs until :meth:`stop`."""
         pool = self.settings.pool
-        sub = await busmod.pull_subscribe(
-            self.bus.js,
-            busmod.jobs_subject(pool),
-            stream=busmod.JOBS_STREAM,
-            durable=busmod.pool_consumer(pool),
-            ack_wait_seconds=self.settings.ack_wait_seconds,
-            max_deliver=self.settings.max_deliver,
-            # No limit here: each worker holds one message at a time, so the pool's worker count
-            # bounds its in-flight jobs (the server's default 1000 would cap a large pool).
-            max_ack_pending=-1,
-        )
-        log.info("consuming jobs", extra={"pool": pool, "consumer": busmod.pool_consumer(pool)})
-        await busmod.consume(sub, self._handle_tracked, self._stopping, "job")
-
-    async def _handle_tracked(self, msg: Msg) -> None:
-        self._idle.clear()
+        self._fetching.clear()
         try:
-            await self.handle(msg)
+            sub = await busmod.pull_subscribe(
+                self.bus.js,
+                busmod.jobs_subject(pool),
+                stream=busmod.JOBS_STREAM,
+                durable=busmod.pool_consumer(pool),
+                ack_wait_seconds=self.settings.ack_wait_seconds,
+                max_deliver=self.settings.max_deliver,
+                # No limit here: each worker holds at most its slots' messages, so the pool's
+                # workers bound its in-flight jobs (the server's default 1000 would cap a large pool).
+                max_ack_pending=-1,
+            )
+            log.info(
+                "consuming jobs",
+                extra={"pool": pool, "consumer": busmod.pool_consumer(pool), "slots": self.slots},
+            )
+            await busmod.consume(sub, self._dispatch, self._stopping, "job")
         finally:
-            self._idle.set()
+            self._fetching.set()
+
+    async def _dispatch(self, msg: Msg) -> None:
+        """Start ``msg``'s job in its own task; return once a slot is free for the next fetch."""
+        task = asyncio.create_task(self.handle(msg), name=f"job-{msg.metadata.sequence.stream}")
+        self._account_load()
+        self._in_hand.add(task)
+        task.add_done_callback(self._job_done)
+        while len(self._in_hand) >= self.slots and not self._stopping.is_set():
+            self._changed.clear()
+            await self._changed.wait()
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._account_load()
+        self._in_hand.discard(task)
+        self._changed.set()
+        if not task.cancelled() and task.exception() is not None:
+            # handle() ends every message itself; this is a bug, and the message is redelivered.
+            log.error("job task failed", exc_info=task.exception())
+
+    def _account_load(self) -> tuple[float, float]:
+        """Bring the load integral up to now; returns (now, job-seconds so far)."""
+        now = time.monotonic()
+        self._load_integral += len(self._in_hand) * (now - self._load_mark)
+        self._load_mark = now
+        return now, self._load_integral
+
+    def _mean_load_since(self, mark: tuple[float, float]) -> float:
+        """Mean jobs in hand since ``mark`` (from :meth:`_account_load`); at least 1."""
+        now, integral = self._account_load()
+        elapsed = now - mark[0]
+        return max(1.0, (integral - mark[1]) / elapsed) if elapsed > 0 else max(1.0, float(self.current_load))
 
     async def stop(self) -> None:
-        """Stop fetching; wait for the job in hand to finish (SIGTERM drain)."""
+        """Stop fetching; wait for every job in hand to finish (SIGTERM drain)."""
         self._stopping.set()
-        await self._idle.wait()
+        self._changed.set()
+        # A fetch under way when stop() came may still return a message: its job starts and is
+        # waited for too (consume()'s fetches last at most 1 s).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._fetching.wait(), timeout=5.0)
+        while self._in_hand:
+            await asyncio.wait(list(self._in_hand))
         self.temp.close()
 
     async def handle(self, msg: Msg) -> None:
@@ -143,6 +228,8 @@ class Worker:
 
     async def _handle(self, msg: Msg, task: jobs_pb2.TranscribeTask, delivered: int) -> None:
         job = await self.jobs.get(task.job_id)
+        # Whatever happens next, this message has left the pool's waiting line.
+        await self.ledger.started(self.settings.pool, task.queue_ticket, task.audio_duration)
         if is_terminal(job):
             await msg.ack()
             return
@@ -167,11 +254,9 @@ class Worker:
 
         await self.jobs.transition(task.job_id, S.JOB_STATE_RUNNING, start)
         log.info("job running", extra={"delivery": delivered, "model": task.config.model})
-        self.current_load += 1
-        try:
-            transcript, cancelled = await self._decode(msg, task)
-        finally:
-            self.current_load -= 1
+        load_mark = self._account_load()
+        transcript, cancelled = await self._decode(msg, task)
+        sharing = self._mean_load_since(load_mark)  # jobs that shared the device meanwhile
         if cancelled:
             await self._finish_cancel(task.job_id)
             await msg.ack()
@@ -189,7 +274,12 @@ class Worker:
         if transcript.duration > 0:
             rtf = transcript.processing_seconds / transcript.duration
             metrics.real_time_factor.record(rtf, labels)
-            self.real_time_factor = rtf if self.real_time_factor == 0 else 0.7 * self.real_time_factor + 0.3 * rtf
+            # The profile's RTF is the worker's: device seconds per audio second with its jobs
+            # sharing the device (routing divides backlog x RTF by workers, not by slots).
+            worker_rtf = rtf / sharing
+            self.real_time_factor = (
+                worker_rtf if self.real_time_factor == 0 else 0.7 * self.real_time_factor + 0.3 * worker_rtf
+            )
         retain = job.spec.retain_audio
 
         def decoded(record: jobs_pb2.Job) -> None:
