@@ -16,7 +16,8 @@ What an operator with existing servers does, done here without a cluster:
    ``minio.enabled=false`` + ``objectStore.{endpoint,secure,region,existingSecret}`` (a Secret
    with the S3 keys, created "with kubectl" here), ``auth.keysFile`` (hashed keys generated with
    scribe_libs.auth.generate_key, as ``scribe keys create``), ``image.registry/tag`` of the built
-   images, a CPU pool ``cpu`` with ``models: [tiny.en]``, and a free port per service.
+   images, a CPU pool ``cpu`` with ``models: [tiny.en]``, and a free port per service (the HTTP
+   gateway's too: ``httpGateway.port``, its PORT env and ``http`` containerPort).
 4. Runs every container of every rendered Deployment (one replica each) with podman, as the
    kubelet would: image, command/args, env (value, valueFrom secretKeyRef/configMapKeyRef from
    the rendered or operator Secrets and ConfigMaps, the downward API, resourceFieldRef rounded
@@ -29,11 +30,18 @@ What an operator with existing servers does, done here without a cluster:
    containers to completion first.
 5. Waits for each container's grpc.health.v1 to be SERVING, polling with the deadline its
    startupProbe gives (periodSeconds x failureThreshold), and fails early when a container exits.
+   A container whose probes are ``httpGet`` (the HTTP gateway: /healthz, /readyz) is polled with
+   them instead, as the kubelet would: its startup probe, then its readiness probe (200-399).
 6. Checks the buckets the services declare, then through the containers: one batch job
    (Ingest.CreateJob upload of a committed fixture, Results.WatchJob until it ends,
    Results.GetTranscript) and one live call (StreamGateway.StreamingRecognize, the same speech
-   as LINEAR16 16 kHz), with the x-api-key header of a generated key. Each service's /metrics.
-7. Checks every container still answers SERVING (liveness), stops them as the kubelet does (the
+   as LINEAR16 16 kHz), with the x-api-key header of a generated key. Through the HTTP gateway
+   (services/http-gateway, OpenAI-compatible): ``GET /v1/models`` must list the pool's models,
+   and ``POST /v1/audio/transcriptions`` of the same fixture (multipart: file, model=whisper-1,
+   response_format=json; the same key as ``Authorization: Bearer``) must come back with the
+   batch job's WER bound. Each service's /metrics.
+7. Checks every container still answers SERVING, the HTTP gateway its HTTP liveness and
+   readiness probes (/healthz, /readyz), stops them as the kubelet does (the
    preStop sleep, then SIGTERM and SIGKILL after terminationGracePeriodSeconds) and reports the
    exit codes, then removes the containers, the servers and the temporary directory.
 
@@ -48,7 +56,9 @@ Where Kubernetes does something podman cannot, this stands in for it (also print
   each service's documented ``extraEnv``, last one wins as in Kubernetes). ``status.podIP`` is
   127.0.0.1.
 - Service DNS and kube-proxy: the chart is given loopback addresses for NATS and S3; clients call
-  each service's port directly. Service-link variables (``<SERVICE>_SERVICE_HOST``,
+  each service's port directly. The HTTP gateway, which the chart points at Envoy or the
+  ClusterIP Services, gets ``SCRIBE_HTTP_GATEWAY_{INGEST,RESULTS}_ADDRESS`` = the loopback ports
+  of ingest and results through its ``extraEnv`` (last one wins). Service-link variables (``<SERVICE>_SERVICE_HOST``,
   ``<SERVICE>_PORT_<port>_TCP``, ... that the kubelet puts into every pod of the namespace for
   every Service with a cluster IP unless the pod sets ``enableServiceLinks: false``) are
   injected with 127.0.0.1 as the cluster IP, and ``KUBERNETES_SERVICE_HOST/PORT`` always.
@@ -60,8 +70,8 @@ Where Kubernetes does something podman cannot, this stands in for it (also print
 - Downward API: metadata.name = the container name (also its hostname, resolvable inside it
   only, as a pod's), metadata.namespace = the release namespace, spec.nodeName = this host's
   name, status.podIP/status.hostIP = 127.0.0.1.
-- Probes: the startup probe's budget is the SERVING deadline; readiness/liveness are checked
-  once at the end instead of periodically; nothing is restarted.
+- Probes: the startup probe's budget is the SERVING (HTTP: ready) deadline; readiness/liveness
+  are checked once at the end instead of periodically; nothing is restarted.
 - Replicas, HPA, PodDisruptionBudget, RBAC, NetworkPolicy, ServiceMonitor: one replica per
   Deployment; the rest is not applicable without a cluster and is listed as skipped.
 """
@@ -103,7 +113,10 @@ PODMAN_RUN = ["podman", "run", "--runtime", "runc", "--cgroup-manager", "cgroupf
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 #: values key of each stateless service -> (component name, env prefix)
 SERVICES = {"ingest": ("ingest", "INGEST"), "results": ("results", "RESULTS"),
-            "postprocess": ("postprocess", "POSTPROCESS"), "streamGateway": ("stream-gateway", "STREAM_GATEWAY")}
+            "postprocess": ("postprocess", "POSTPROCESS"), "streamGateway": ("stream-gateway", "STREAM_GATEWAY"),
+            "httpGateway": ("http-gateway", "HTTP_GATEWAY")}
+#: values key of the HTTP gateway (OpenAI-compatible API; HTTP probes, no gRPC port of its own)
+HTTP_GATEWAY = "httpGateway"
 SKIPPED_KINDS = {
     "Service": "Service DNS/kube-proxy: loopback ports instead",
     "HorizontalPodAutoscaler": "one replica per Deployment",
@@ -112,9 +125,12 @@ SKIPPED_KINDS = {
     "Role": "no API server", "RoleBinding": "no API server", "NetworkPolicy": "host network",
     "ServiceMonitor": "no Prometheus Operator; /metrics scraped directly",
     "PrometheusRule": "no Prometheus Operator",
+    "ScaledObject": "no KEDA operator (queue-driven scaling needs a cluster)",
 }
 JOB_TIMEOUT_S = 300.0
 LIVE_TIMEOUT_S = 180.0
+#: urllib without the environment's proxies: every HTTP call here goes to a loopback port
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def log(msg: str) -> None:
@@ -150,6 +166,7 @@ class Pod:
     pod_spec: dict[str, Any]
     image: str = ""
     grpc_port: int | None = None
+    http_port: int | None = None  # the containerPort named "http" (the HTTP gateway)
     metrics_port: int | None = None
     deadline_s: float = 300.0
     started: float = 0.0
@@ -292,6 +309,11 @@ class Rehearsal:
             values[key] = {"port": free_port(),
                            "extraEnv": [{"name": f"SCRIBE_{env}_METRICS_PORT", "value": str(free_port())}]}
         values["transcriber"]["extraEnv"] = [{"name": "SCRIBE_TRANSCRIBER_METRICS_PORT", "value": str(free_port())}]
+        # The gateway dials Envoy or the ClusterIP Services (scribe-ingest:<port>); neither exists
+        # here, so its extraEnv (after the chart's own env: the last one wins) names the loopback ports.
+        values[HTTP_GATEWAY]["extraEnv"] += [
+            {"name": f"SCRIBE_HTTP_GATEWAY_{backend.upper()}_ADDRESS", "value": f"127.0.0.1:{values[backend]['port']}"}
+            for backend in ("ingest", "results")]
         for key, component in [*((k, c) for k, (c, _) in SERVICES.items()), ("transcriber", "transcriber")]:
             ref = self.images[component]
             registry, _, rest = ref.partition("/")
@@ -303,6 +325,8 @@ class Rehearsal:
         values["image"]["registry"] = registries.pop()
         self.standins.append("one metrics port per service through each service's extraEnv "
                              "(common.metrics.port is shared by every pod; pods do not share a network here)")
+        self.standins.append("http-gateway's SCRIBE_HTTP_GATEWAY_{INGEST,RESULTS}_ADDRESS = ingest's and results' "
+                             "loopback ports, through its extraEnv (the chart names Envoy or the ClusterIP Services)")
         return values
 
     def render(self) -> str:
@@ -616,8 +640,8 @@ class Rehearsal:
     def start_containers(self) -> str:
         """Run init containers to completion, then start every container detached."""
         for pod in self.pods:
-            grpc_port = next((p["containerPort"] for p in pod.spec.get("ports") or [] if p.get("name") == "grpc"), None)
-            pod.grpc_port = grpc_port
+            pod.grpc_port = self.container_port(pod, "grpc")
+            pod.http_port = self.container_port(pod, "http")
             probe = pod.spec.get("startupProbe") or pod.spec.get("readinessProbe") or {}
             if probe:
                 pod.deadline_s = probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3) + \
@@ -661,11 +685,78 @@ class Rehearsal:
             time.sleep(0.2)
         return text
 
+    @staticmethod
+    def container_port(pod: Pod, name: str) -> int | None:
+        """The containerPort named ``name`` of a container, or None."""
+        return next((int(p["containerPort"]) for p in pod.spec.get("ports") or [] if p.get("name") == name), None)
+
+    @staticmethod
+    def http_probed(pod: Pod) -> bool:
+        """True when the container's readiness is an HTTP probe (httpGet), as the HTTP gateway's."""
+        return "httpGet" in (pod.spec.get("readinessProbe") or {})
+
+    def http_probe(self, pod: Pod, probe: dict[str, Any]) -> tuple[bool, str]:
+        """One kubelet HTTP probe: GET ``httpGet`` (port by number or containerPort name, path, headers).
+
+        Returns (success, answer): success is a status 200-399 within the probe's ``timeoutSeconds``
+        (default 1 s), as the kubelet counts it; the answer is ``"<path> <status>"`` and, for a
+        failure, the body's start or the connection error.
+        """
+        get = probe["httpGet"]
+        port = get.get("port")
+        if isinstance(port, str) and not port.isdigit():
+            port = self.container_port(pod, port)
+            if port is None:
+                raise RehearsalError(f"{pod.deployment}: probe port {get['port']!r} names no containerPort")
+        path = get.get("path", "/")
+        url = f"{get.get('scheme', 'HTTP').lower()}://{get.get('host') or '127.0.0.1'}:{port}{path}"
+        headers = {"User-Agent": "kube-probe/rehearsal"}
+        headers.update({h["name"]: h["value"] for h in get.get("httpHeaders") or []})
+        try:
+            with _HTTP.open(urllib.request.Request(url, headers=headers),
+                            timeout=float(probe.get("timeoutSeconds", 1))) as reply:
+                return 200 <= reply.status < 400, f"{path} {reply.status}"
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace").strip()
+            return 200 <= exc.code < 400, f"{path} {exc.code} {body[:300]}".strip()
+        except (urllib.error.URLError, OSError) as exc:
+            return False, f"{path}: {getattr(exc, 'reason', exc)}"
+
+    def _exited_before(self, pod: Pod, what: str) -> None:
+        """Raise (with the log's tail) when the container is no longer running."""
+        status, code = self.container_state(pod.name)
+        if status not in ("running", "created", "configured"):
+            pod.exit_code = code
+            raise RehearsalError(f"container {status} with exit code {code} before {what}; log:\n"
+                                 f"{self.logs_tail(pod.name)}")
+
+    def wait_http_ready(self, pod: Pod) -> str:
+        """Poll the HTTP startup probe, then the HTTP readiness probe, within the startup probe's budget."""
+        deadline = pod.started + pod.deadline_s
+        stages = [p for p in (pod.spec.get("startupProbe"), pod.spec["readinessProbe"]) if p and "httpGet" in p]
+        answers = []
+        for probe in stages:
+            last = "no answer"
+            while True:
+                passed, last = self.http_probe(pod, probe)
+                if passed:
+                    answers.append(last)
+                    break
+                self._exited_before(pod, "ready")
+                if time.monotonic() >= deadline:
+                    raise RehearsalError(f"not ready within the startup probe's {pod.deadline_s:.0f} s "
+                                         f"(last: {last}); log:\n{self.logs_tail(pod.name)}")
+                time.sleep(0.5)
+        pod.serving_after = time.monotonic() - pod.started
+        return f"ready ({', '.join(answers)}) on :{pod.http_port} after {pod.serving_after:.1f} s"
+
     def wait_serving(self, pod: Pod) -> str:
-        """Poll grpc.health.v1 until SERVING within the startup probe's budget."""
+        """Poll grpc.health.v1 until SERVING (HTTP probes for an httpGet container) within the startup budget."""
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+        if self.http_probed(pod):
+            return self.wait_http_ready(pod)
         if pod.grpc_port is None:
             raise RehearsalError(f"{pod.deployment}: no grpc containerPort")
         deadline = pod.started + pod.deadline_s
@@ -681,11 +772,7 @@ class Rehearsal:
                         return f"SERVING on :{pod.grpc_port} after {pod.serving_after:.1f} s"
                 except grpc.RpcError as exc:
                     last = f"{exc.code().name}"
-                status, code = self.container_state(pod.name)
-                if status not in ("running", "created", "configured"):
-                    pod.exit_code = code
-                    raise RehearsalError(f"container {status} with exit code {code} before SERVING; log:\n"
-                                         f"{self.logs_tail(pod.name)}")
+                self._exited_before(pod, "SERVING")
                 time.sleep(0.5)
         raise RehearsalError(f"not SERVING within the startup probe's {pod.deadline_s:.0f} s (last: {last}); log:\n"
                              f"{self.logs_tail(pod.name)}")
@@ -710,13 +797,14 @@ class Rehearsal:
             return False, str(exc), time.monotonic() - started
 
     # -- 6. traffic --
-    def port_of(self, component: str) -> int:
-        """The gRPC port of the running container of a component."""
+    def port_of(self, component: str, kind: str = "grpc") -> int:
+        """The gRPC (``kind="http"``: HTTP) port of the running container of a component."""
         for pod in self.pods:
             labels = next(d for d in self.docs if d["kind"] == "Deployment" and d["metadata"]["name"] == pod.deployment)
-            if labels["metadata"]["labels"].get("app.kubernetes.io/component") == component and pod.grpc_port:
-                return pod.grpc_port
-        raise RehearsalError(f"no running {component}")
+            port = pod.grpc_port if kind == "grpc" else pod.http_port
+            if labels["metadata"]["labels"].get("app.kubernetes.io/component") == component and port:
+                return port
+        raise RehearsalError(f"no running {component} with a {kind} port")
 
     def channel(self, component: str, key: str = "acme"):  # noqa: ANN201 - grpc.Channel
         """A channel to a component that sends the API key ``key``."""
@@ -728,7 +816,7 @@ class Rehearsal:
         return grpc.intercept_channel(channel, ApiKeyClientInterceptor(self.keys[key]))
 
     def buckets(self) -> str:
-        """A channel to a component that sends the API key ``key``."""
+        """The S3 buckets the services declared at start-up (scribe-audio, scribe-results)."""
         with urllib.request.urlopen(f"http://{self.s3}/", timeout=10) as reply:
             body = reply.read().decode()
         names = sorted(set(re.findall(r"<Name>([^<]+)</Name>", body)))
@@ -831,6 +919,62 @@ class Rehearsal:
             detail += f" (WER {error:.2f})"
         return detail
 
+    def http_call(self, method: str, path: str, body: bytes | None = None, content_type: str = "",
+                  timeout: float = 30.0) -> tuple[int, bytes]:
+        """One request to the HTTP gateway with the acme key as ``Authorization: Bearer``; (status, body)."""
+        headers = {"Authorization": f"Bearer {self.keys['acme']}", "Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        url = f"http://127.0.0.1:{self.port_of('http-gateway', 'http')}{path}"
+        request = urllib.request.Request(url, data=body, headers=headers, method=method)
+        try:
+            with _HTTP.open(request, timeout=timeout) as reply:
+                return reply.status, reply.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def http_models(self) -> str:
+        """GET /v1/models: OpenAI's list object, naming the CPU pool's models (and whisper-1)."""
+        status, body = self.http_call("GET", "/v1/models")
+        if status != 200:
+            raise RehearsalError(f"GET /v1/models answered {status}: {body[:500].decode(errors='replace')}")
+        reply = json.loads(body)
+        ids = [m.get("id") for m in reply.get("data") or []]
+        self.result["http_models"] = ids
+        if reply.get("object") != "list" or not ids:
+            raise RehearsalError(f"GET /v1/models lists no model: {reply}")
+        missing = [m for m in self.args.models if m not in ids]
+        if missing:
+            raise RehearsalError(f"GET /v1/models lacks the pool's {missing}: {ids}")
+        return ", ".join(ids)
+
+    def http_transcription(self) -> str:
+        """POST /v1/audio/transcriptions (multipart: file, model, response_format=json) of the batch fixture."""
+        audio = Path(self.args.audio)
+        boundary = f"scribe-rehearsal-{secrets.token_hex(12)}"
+        parts = []
+        for name, value in (("model", "whisper-1"), ("response_format", "json")):
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{audio.name}"\r\n'
+                     f"Content-Type: audio/wav\r\n\r\n".encode() + audio.read_bytes() + b"\r\n")
+        parts.append(f"--{boundary}--\r\n".encode())
+        status, body = self.http_call("POST", "/v1/audio/transcriptions", b"".join(parts),
+                                      f"multipart/form-data; boundary={boundary}", timeout=JOB_TIMEOUT_S)
+        if status != 200:
+            raise RehearsalError(f"POST /v1/audio/transcriptions answered {status}: "
+                                 f"{body[:500].decode(errors='replace')}")
+        text = str(json.loads(body).get("text", "")).strip()
+        self.result["http"] = {"status": status, "text": text}
+        detail = f"200 (model whisper-1): {text!r}"
+        expected = audio.with_suffix(".txt")
+        if expected.exists():
+            error = word_error_rate(expected.read_text(), text)
+            self.result["http"]["wer"] = error
+            detail += f" (WER {error:.2f})"
+            if error > self.args.max_wer:
+                raise RehearsalError(f"{detail}: WER above {self.args.max_wer}")
+        return detail
+
     def metrics(self) -> str:
         """GET /metrics of every service."""
         seen = []
@@ -845,13 +989,20 @@ class Rehearsal:
         return ", ".join(seen)
 
     def still_serving(self) -> str:
-        """Every container still running and SERVING (the liveness probe's question)."""
+        """Every container still running and SERVING, or ready by its HTTP probes (the liveness question)."""
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         bad = []
         for pod in self.pods:
             status, code = self.container_state(pod.name)
+            if self.http_probed(pod):
+                probes = [pod.spec[k] for k in ("livenessProbe", "readinessProbe")
+                          if "httpGet" in (pod.spec.get(k) or {})]
+                answers = [self.http_probe(pod, probe) for probe in probes]
+                if status != "running" or not all(passed for passed, _ in answers):
+                    bad.append(f"{pod.deployment}: {status} {', '.join(answer for _, answer in answers)}")
+                continue
             try:
                 with grpc.insecure_channel(f"127.0.0.1:{pod.grpc_port}") as channel:
                     reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
@@ -862,7 +1013,8 @@ class Rehearsal:
                 bad.append(f"{pod.deployment}: {status} {answer}")
         if bad:
             raise RehearsalError("; ".join(bad))
-        return f"{len(self.pods)} SERVING"
+        http = sum(1 for pod in self.pods if self.http_probed(pod))
+        return f"{len(self.pods) - http} SERVING" + (f", {http} ready (HTTP probes)" if http else "")
 
     # -- 7. shutdown --
     def stop_pod(self, pod: Pod) -> None:
@@ -932,6 +1084,10 @@ class Rehearsal:
                 self.step("buckets declared by the services", self.buckets)
                 self.step(f"batch job ({Path(self.args.audio).name})", self.batch_job)
                 self.step("live call (StreamingRecognize)", self.live_call)
+                if any(self.http_probed(p) for p in self.pods):
+                    self.step("http-gateway GET /v1/models", self.http_models)
+                    self.step(f"http-gateway POST /v1/audio/transcriptions ({Path(self.args.audio).name})",
+                              self.http_transcription)
                 self.step("metrics endpoints", self.metrics)
                 self.step("still SERVING after the traffic", self.still_serving)
             if self.pods and self.created:
@@ -943,6 +1099,7 @@ class Rehearsal:
         self.result["checks"] = [c.__dict__ for c in self.checks]
         self.result["standins"] = self.standins
         self.result["containers"] = {p.container: {"name": p.name, "image": p.image, "grpc_port": p.grpc_port,
+                                                   "http_port": p.http_port,
                                                    "serving_after_s": p.serving_after, "exit_code": p.exit_code,
                                                    "stop_seconds": p.stop_seconds} for p in self.pods}
         failed = [c for c in self.checks if c.ok is False]
@@ -969,7 +1126,8 @@ class Rehearsal:
                                          else "NOT injected (--no-service-links)"),
             "Envoy front door and helm test pod: not run (images cannot be pulled); health checked directly",
             "Kubernetes API: none; the transcriber's pod labelling meets a dummy service-account token",
-            "probes: startup budget = SERVING deadline; readiness/liveness once at the end; no restarts",
+            "probes: startup budget = SERVING deadline (httpGet probes, as http-gateway's, polled over HTTP); "
+            "readiness/liveness once at the end; no restarts",
             *self.standins,
         ]
         lines += [f"  - {s}" for s in standins]

@@ -199,7 +199,8 @@ def test_pods_carry_standard_labels_checksum_and_scrape_annotations(values_sets)
         assert meta["annotations"]["prometheus.io/scrape"] == "true"
     monitors = kind(docs, "ServiceMonitor")
     # every service's metrics port, and Envoy's admin /stats/prometheus
-    assert {m["metadata"]["labels"]["app.kubernetes.io/component"] for m in monitors} == SCRIBE_CONTAINERS | {"envoy"}
+    assert {m["metadata"]["labels"]["app.kubernetes.io/component"] for m in monitors} == (
+        SCRIBE_CONTAINERS | {"http-gateway", "envoy"})
 
 
 def test_config_change_changes_the_checksum_so_pods_roll(render):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from scribe_http_gateway.config import Settings as HttpGatewaySettings
 from scribe_ingest.config import Settings as IngestSettings
 from scribe_libs.config import UnknownSetting, unknown_variables
 from scribe_postprocess.config import Settings as PostprocessSettings
@@ -30,6 +31,7 @@ SETTINGS = {
     "SCRIBE_POSTPROCESS_": PostprocessSettings,
     "SCRIBE_STREAM_GATEWAY_": GatewaySettings,
     "SCRIBE_TRANSCRIBER_": TranscriberSettings,
+    "SCRIBE_HTTP_GATEWAY_": HttpGatewaySettings,
 }
 
 #: What the downward API and secrets would put into a pod, for building the settings.
@@ -87,12 +89,12 @@ def test_every_rendered_scribe_variable_names_a_setting(values_sets, monkeypatch
     total = 0
     for name, manifests in values_sets.items():
         total += _check(name, manifests, monkeypatch)
-    # ingest, results, postprocess, gateway, at least one transcriber pool, in every set
-    assert total >= 5 * len(values_sets)
+    # ingest, results, postprocess, stream gateway, http gateway, at least one transcriber pool, in every set
+    assert total >= 6 * len(values_sets)
 
 
 def test_default_values_render_settings_the_services_accept(render, monkeypatch):
-    assert _check("defaults", render(), monkeypatch) >= 5
+    assert _check("defaults", render(), monkeypatch) >= 6
 
 
 def test_the_chart_sets_where_the_transcriber_advertises_and_caches(values_sets):

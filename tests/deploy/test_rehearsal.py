@@ -2,7 +2,8 @@
 
 The rehearsal renders charts/scribe as an operator with existing NATS and S3 would, runs every
 rendered Deployment's container with podman (read-only root filesystem, uid 10001, the chart's
-env, volumes and probes), then sends one batch job and one live call through the containers.
+env, volumes and probes), then sends one batch job and one live call through the containers, and
+one OpenAI-style transcription (POST /v1/audio/transcriptions) through the HTTP gateway.
 What it stands in for (Envoy, Service DNS, the Kubernetes API) is in tools/rehearse.py.
 
 Needs podman and buildah (and debootstrap when the public base image cannot be pulled); skipped
@@ -42,7 +43,7 @@ def _remove_containers(run_id: str) -> None:
 
 
 @pytest.mark.timeout(3000)
-def test_images_build_and_the_chart_serves_a_batch_job_and_a_live_call(tmp_path):
+def test_images_build_and_the_chart_serves_a_batch_job_a_live_call_and_an_http_transcription(tmp_path):
     images = tmp_path / "images.json"
     build = subprocess.run([sys.executable, str(ROOT / "tools" / "images" / "build.py"), "--json", str(images)],
                            capture_output=True, text=True, timeout=2400, cwd=ROOT)
@@ -65,7 +66,9 @@ def test_images_build_and_the_chart_serves_a_batch_job_and_a_live_call(tmp_path)
     failed = [f"{c['name']}: {c['detail']}" for c in result["checks"] if c["ok"] is False]
     assert not failed, "failed checks:\n" + "\n".join(failed) + f"\n\n{summary}"
     containers = result["containers"]
-    assert set(containers) == {"ingest", "results", "postprocess", "stream-gateway", "transcriber"}, containers
+    assert set(containers) == {"ingest", "results", "postprocess", "stream-gateway", "transcriber",
+                               "http-gateway"}, containers
+    assert containers["http-gateway"]["http_port"], containers  # readiness by its HTTP /readyz
     assert all(c["serving_after_s"] is not None for c in containers.values()), containers
 
     job = result["job"]
@@ -77,6 +80,13 @@ def test_images_build_and_the_chart_serves_a_batch_job_and_a_live_call(tmp_path)
     live = result["live"]
     assert live["finals"] and live["words"] > 0, live
     assert "lazy dog" in live["text"].lower(), live["text"]
+
+    # The OpenAI-compatible gateway: the pool's model listed, the same speech transcribed.
+    assert "tiny.en" in result["http_models"], result["http_models"]
+    http = result["http"]
+    assert http["wer"] <= 0.3, (EXPECTED, http["text"])
+    for word in ("quick", "fox", "lazy", "dog"):
+        assert word in http["text"].lower(), (word, http["text"])
 
     # Every container exited 0 on SIGTERM within its terminationGracePeriodSeconds.
     assert all(c["exit_code"] == 0 for c in containers.values()), containers

@@ -26,6 +26,7 @@ PACKAGES = {
     "services/results": ("scribe_results", ["numpy", "av", "faster_whisper", "ctranslate2"]),
     "services/postprocess": ("scribe_postprocess", ["numpy", "av", "faster_whisper", "ctranslate2"]),
     "services/stream-gateway": ("scribe_stream_gateway", ["kubernetes"]),
+    "services/http-gateway": ("scribe_http_gateway", ["numpy", "av", "faster_whisper", "ctranslate2"]),
     "services/transcriber": ("scribe_transcriber", []),
     "cli": ("scribe_cli", ["scribe_transcriber"]),
 }

