@@ -85,7 +85,8 @@ def run_both(model_name: str, audio: Path, repeats: int, batch_size: int):  # no
     from scribe_cli import stack
 
     os.environ["SCRIBE_HOME"] = tempfile.mkdtemp(prefix="scribe-bench-")
-    state = stack.up(stack.UpOptions(models=[model_name], workers=1))
+    # Free ports only: the bench runs beside a user's `scribe up` (50051, 50052...).
+    state = stack.up(stack.UpOptions(models=[model_name], workers=1, port=0, metrics_port=0, http_port=0))
     try:
         channel_ingest = grpc.insecure_channel(stack.address_of("ingest"))
         channel_results = grpc.insecure_channel(stack.address_of("results"))

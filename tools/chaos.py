@@ -248,7 +248,9 @@ def run_chaos(
     start = time.monotonic()
     try:
         with _environment(env):
-            state = stack.up(stack.UpOptions(models=["tiny.en"], workers=workers))
+            # Free ports only: chaos runs beside a user's `scribe up` and beside the test suite.
+            state = stack.up(stack.UpOptions(models=["tiny.en"], workers=workers, port=0, metrics_port=0,
+                                             http_port=0))
             try:
                 say(f"stack up: {', '.join(state['services'])}")
                 start = time.monotonic()

@@ -1,7 +1,8 @@
 """``scribe bench DATASET``: run a dataset through the platform and score each model side by side.
 
 Every file becomes a job on the running stack (``scribe up``, or the addresses in
-``SCRIBE_<SERVICE>_ADDR``), submitted and followed with the same calls as ``scribe transcribe``;
+``SCRIBE_<SERVICE>_ADDR``), submitted and followed with the same calls as ``scribe transcribe``
+(scribe_cli.jobs);
 the TXT transcript is scored against the dataset's reference with scribe_libs.scoring (its module
 docstring gives the normalisation and its sources). Models run one after another, so each sees
 the whole pool; within a model at most ``--concurrency`` jobs are in flight.
@@ -28,19 +29,15 @@ import json
 import sys
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 from google.protobuf import json_format
 
-from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, transcript_pb2
-from scribe_cli import datasets, stack
+from scribe.v1 import jobs_pb2, transcript_pb2
+from scribe_cli import datasets, jobs
 from scribe_libs.formats import FORMAT_NAMES
 from scribe_libs.scoring import ErrorCounts, character_errors, term_counts, word_errors
-
-S = jobs_pb2.JobState
 
 
 @dataclass
@@ -172,57 +169,36 @@ def run_model(dataset: datasets.Dataset, config: transcript_pb2.RecognitionConfi
     Raises:
         grpc.RpcError: the stack cannot be reached (a refused file is recorded, not raised).
     """
-    from scribe_cli import main as cli  # the CLI's own submit and watch (main imports this module)
-
-    ingest = ingest_pb2_grpc.IngestStub(stack.channel("ingest"))
-    results = cli._results()
     label = label or config.model or "default"
-    pending: deque[tuple[FileResult, str]] = deque()
-    done: list[FileResult] = []
     total = len(dataset.utterances)
+    results = [FileResult(utt.name, utt.reference) for utt in dataset.utterances]
+    finished = 0
     started = time.perf_counter()
 
-    def finish() -> None:
-        result, job_id = pending.popleft()
-        job = cli._watch(results, job_id, show_progress=False)
-        result.audio_seconds, result.processing_seconds = job.audio_duration, _seconds(job)
-        if job.state == S.JOB_STATE_COMPLETED:
-            request = results_pb2.GetTranscriptRequest(job_id=job_id, format=FORMAT_NAMES["txt"])
-            result.hypothesis = results.GetTranscript(request).content.decode("utf-8").strip()
-        else:
-            result.error = f"{S.Name(job.state).removeprefix('JOB_STATE_')}: {job.error_reason} {job.error_message}"
-        score(result)
-
-    def score(result: FileResult) -> None:
+    def score(outcome: jobs.Outcome) -> None:
+        nonlocal finished
+        result = results[int(outcome.task.key)]
+        if outcome.job is not None:
+            result.job_id = outcome.job.job_id
+            result.audio_seconds, result.processing_seconds = outcome.job.audio_duration, _seconds(outcome.job)
+        if outcome.transcript is not None:
+            result.hypothesis = outcome.transcript.content.decode("utf-8").strip()
+        result.error = outcome.error
         result.words = word_errors(result.reference, result.hypothesis, config.language or None)
         result.chars = character_errors(result.reference, result.hypothesis, config.language or None)
         result.terms = term_counts(terms, result.reference, result.hypothesis)
-        done.append(result)
+        finished += 1
         note = f" FAILED {result.error}" if result.error else ""
-        print(f"[{label}] {len(done)}/{total} {result.name}: WER {result.words.rate:.1%} "
+        print(f"[{label}] {finished}/{total} {result.name}: WER {result.words.rate:.1%} "
               f"CER {result.chars.rate:.1%}{note}", file=sys.stderr, flush=True)
 
-    for utt in dataset.utterances:
+    tasks = []
+    for i, utt in enumerate(dataset.utterances):
         spec = jobs_pb2.JobSpec(config=config, filename=utt.path.name if utt.path else utt.name.rsplit("/")[-1],
                                 request_id=uuid.uuid4().hex, source_uri=utt.source_uri)
-        result = FileResult(utt.name, utt.reference)
-        requests = cli._requests(utt.path, spec) if utt.path else iter([ingest_pb2.CreateJobRequest(spec=spec)])
-        try:
-            result.job_id = ingest.CreateJob(requests).job.job_id
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED):
-                raise
-            result.error = f"{exc.code().name}: {exc.details()}"
-            score(result)
-            continue
-        pending.append((result, result.job_id))
-        while len(pending) >= concurrency:
-            finish()
-    while pending:
-        finish()
-    order = {u.name: i for i, u in enumerate(dataset.utterances)}
-    done.sort(key=lambda f: order[f.name])
-    return ModelResult(label, done, time.perf_counter() - started, config)
+        tasks.append(jobs.Task(str(i), spec, utt.path))
+    jobs.run_many(tasks, concurrency=concurrency, fmt=FORMAT_NAMES["txt"], on_done=score)
+    return ModelResult(label, results, time.perf_counter() - started, config)
 
 
 def _pct(value: float | None) -> str:

@@ -2,9 +2,12 @@
 
 Starts nothing. By default the decision uses the memory estimates of scribe_libs.devices; with
 ``--measure`` each candidate model is loaded for real and measured, as the transcriber does.
+"concurrent batch jobs" is the decision's batch capacity, the number a transcriber with the same
+``batch_size`` and CPU replicas runs at once and advertises (unless its ``max_concurrent_jobs``
+replaces it).
 
     scribe detect [--models base,tiny.en] [--compute-type auto] [--device auto] [--measure]
-                  [--facts t4] [--json]
+                  [--batch-size 8] [--cpu-replicas 0] [--facts t4] [--json]
 """
 
 from __future__ import annotations
@@ -68,9 +71,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
         threads = selection.facts.cpu_cores
         measure = _measure_for(selection.facts.device, selection.facts.index, threads)
         cpu_measure = _measure_for("cpu", 0, threads) if selection.cpu_facts else None
+    cpu = selection.facts if selection.facts.device == "cpu" else selection.cpu_facts
+    # The transcriber's default (engine.cpu_layout): one CTranslate2 replica per core.
+    cpu_replicas = args.cpu_replicas or (cpu.cpu_cores if cpu is not None else 1)
     decision = decide(
         selection.facts, models, args.compute_type, measure=measure, cpu_facts=selection.cpu_facts,
-        cpu_measure=cpu_measure,
+        cpu_measure=cpu_measure, batch_size=args.batch_size, cpu_replicas=cpu_replicas,
     )
     steps = [selection.reason, *decision.steps]
     if args.json:
@@ -86,6 +92,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
             "memory_needed_bytes": decision.memory_needed_bytes,
             "measured": decision.measured,
             "batch_capacity": decision.batch_capacity,
+            "batch_size": args.batch_size,
             "realtime_capacity": decision.realtime_capacity,
             "decisions": steps,
             "warnings": decision.warnings,
@@ -106,8 +113,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     source = "measured" if decision.measured else "estimated"
     print(
         f"result: {' + '.join(decision.resident_models)} at {decision.compute_type_effective} on {decision.device}; "
-        f"models {decision.memory_models_bytes / 2**20:.0f} MiB ({source}), batch capacity "
-        f"{decision.batch_capacity}, realtime capacity {decision.realtime_capacity}"
+        f"models {decision.memory_models_bytes / 2**20:.0f} MiB ({source}); {decision.batch_capacity} concurrent "
+        f"batch job(s) at batch size {args.batch_size}, realtime capacity {decision.realtime_capacity}"
     )
     return 0
 
@@ -120,6 +127,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--index", type=int, default=0, help="CUDA device index")
     p.add_argument("--measure", action="store_true", help="load each candidate model and measure it (slower)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="windows per batch of a batch job (the transcriber's batch_size, default 8)")
+    p.add_argument("--cpu-replicas", type=int, default=0,
+                   help="CTranslate2 replicas on CPU (the transcriber's cpu_replicas; 0 = one per core)")
     known = ", ".join(sorted(p.stem for p in FACTS_DIR.glob("*.json")))
     p.add_argument("--facts", help=f"decide for recorded device facts instead of this machine ({known})")
     p.add_argument("--json", action="store_true", help="machine-readable output")

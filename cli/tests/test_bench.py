@@ -13,11 +13,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from scribe_harness import FIXTURES
 
 from scribe_cli import datasets
 from scribe_cli.bench import FileResult, ModelResult, load_terms, markdown, parse_config
 from scribe_cli.main import main
+from scribe_harness import FIXTURES
 from scribe_libs.scoring import word_errors
 
 CLIPS = ("speech_en", "numbers_en", "terms_en")

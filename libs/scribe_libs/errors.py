@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -32,8 +34,6 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from nats import errors as nats_errors
-from nats.js import errors as js_errors
 
 log = logging.getLogger(__name__)
 
@@ -189,22 +189,42 @@ BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
 #: every 2 s by default, ``reconnect_time_wait``).
 BROKER_RETRY_SECONDS = 1.0
 
-#: What nats-py raises when the broker cannot be reached, as opposed to a logic error (a bad
-#: subject, a missing key): the connection closed, draining or reconnecting, the outbound buffer
-#: full during a reconnect, a request unanswered (TimeoutError, and its FlushTimeout and
-#: FetchTimeout), no server left, no JetStream responder, JetStream 503 / no stream response.
-BROKER_OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
-    nats_errors.ConnectionClosedError,
-    nats_errors.ConnectionDrainingError,
-    nats_errors.ConnectionReconnectingError,
-    nats_errors.NoServersError,
-    nats_errors.NoRespondersError,
-    nats_errors.OutboundBufferLimitError,
-    nats_errors.StaleConnectionError,
-    nats_errors.TimeoutError,
-    js_errors.ServiceUnavailableError,
-    js_errors.NoStreamResponseError,
-)
+@functools.cache
+def broker_outage_errors() -> tuple[type[BaseException], ...]:
+    """What nats-py raises when the broker cannot be reached, as opposed to a logic error.
+
+    A bad subject or a missing key is a logic error; an outage is: the connection closed,
+    draining or reconnecting, the outbound buffer full during a reconnect, a request unanswered
+    (TimeoutError, and its FlushTimeout and FetchTimeout), no server left, no JetStream
+    responder, JetStream 503 / no stream response.
+
+    nats-py is imported on the first call, not with this module: it costs about 0.7 s of import
+    (aiohttp), which clients of :mod:`scribe_libs.errors` such as ``scribe down`` do not need.
+    """
+    from nats import errors as nats_errors
+    from nats.js import errors as js_errors
+
+    return (
+        nats_errors.ConnectionClosedError,
+        nats_errors.ConnectionDrainingError,
+        nats_errors.ConnectionReconnectingError,
+        nats_errors.NoServersError,
+        nats_errors.NoRespondersError,
+        nats_errors.OutboundBufferLimitError,
+        nats_errors.StaleConnectionError,
+        nats_errors.TimeoutError,
+        js_errors.ServiceUnavailableError,
+        js_errors.NoStreamResponseError,
+    )
+
+
+def is_broker_outage(exc: BaseException) -> bool:
+    """True if ``exc`` is one of :func:`broker_outage_errors`.
+
+    While nats-py was never imported nothing can have raised one, so the answer is False without
+    importing it.
+    """
+    return "nats" in sys.modules and isinstance(exc, broker_outage_errors())
 
 
 def broker_unavailable(exc: BaseException) -> Unavailable:
@@ -368,7 +388,7 @@ async def _abort(context: grpc.aio.ServicerContext, status: status_pb2.Status) -
 def _status_for(exc: BaseException) -> status_pb2.Status:
     if isinstance(exc, ScribeError):
         return exc.to_status()
-    if isinstance(exc, BROKER_OUTAGE_ERRORS):
+    if is_broker_outage(exc):
         log.warning("call failed, broker unavailable: %r", exc)
         return broker_unavailable(exc).to_status()
     return _internal(exc)

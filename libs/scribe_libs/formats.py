@@ -21,13 +21,25 @@ Layouts:
 In txt, srt and vtt a segment whose text is empty after stripping is skipped (and numbering in
 srt stays consecutive); blank lines inside a segment's text are dropped because a blank line
 ends a cue. A cue whose end is before its start is given its start as end. Negative times
-render as zero. Segment channels get no label yet (a later issue adds speaker labels).
+render as zero. A segment with a speaker role (per-channel recognition of a call recording:
+``Segment.role``, e.g. "agent") is labelled: ``agent: text`` in txt and srt, a WebVTT voice span
+``<v agent>text</v>`` in vtt (the spec's way to name a cue's speaker).
+
+Subtitle cues (srt, vtt) are bounded as subtitle style guides ask (Netflix Timed Text Style
+Guide for English and Korean: at most 42 characters per line, at most two lines, at most 7 s
+on screen): a segment's text is wrapped at word boundaries into lines of at most
+:data:`MAX_LINE_CHARS` characters (a word longer than that is broken), and a segment that
+needs more than :data:`MAX_CUE_LINES` lines or lasts longer than :data:`MAX_CUE_SECONDS` becomes
+several consecutive cues. Cue times come from the words' timestamps when the segment has them
+and they spell its text, else they are interpolated by character position within the
+segment. A single word longer than 7 s is shown for 7 s.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import textwrap
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -157,26 +169,101 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _cues(transcript: Transcript) -> list[tuple[int, int, list[str]]]:
-    """``(start_ms, end_ms, lines)`` of every segment with text, in transcript order."""
-    cues = []
+#: Characters per subtitle line, lines per cue, seconds per cue (Netflix Timed Text Style Guide).
+MAX_LINE_CHARS = 42
+MAX_CUE_LINES = 2
+MAX_CUE_SECONDS = 7.0
+_MAX_CUE_MS = int(MAX_CUE_SECONDS * 1000)
+
+
+def _segments(transcript: Transcript) -> list[tuple[int, int, list[str], Segment]]:
+    """``(start_ms, end_ms, lines, segment)`` of every segment with text, in transcript order."""
+    out = []
     segment: Segment
     for segment in transcript.segments:
         lines = _lines(segment.text)
         if not lines:
             continue
         start = _millis(segment.start)
-        cues.append((start, max(start, _millis(segment.end)), lines))
+        out.append((start, max(start, _millis(segment.end)), lines, segment))
+    return out
+
+
+def _wrap(text: str, prefix: str = "") -> list[str]:
+    """``text`` in lines of at most :data:`MAX_LINE_CHARS`, the first starting with ``prefix``."""
+    return textwrap.wrap(text, MAX_LINE_CHARS, initial_indent=prefix, break_long_words=True, break_on_hyphens=False)
+
+
+def _units(text: str, start: int, end: int, segment: Segment) -> list[tuple[str, int, int]]:
+    """The segment's words with their times (ms): the decoder's when they spell the text, else interpolated."""
+    tokens = [t[i : i + MAX_LINE_CHARS] for t in text.split() for i in range(0, len(t), MAX_LINE_CHARS)]
+    words = [w for w in segment.words if w.word.strip()]
+    if [w.word.strip() for w in words] == tokens:
+        return [(t, max(_millis(w.start), start), max(_millis(w.end), _millis(w.start), start))
+                for t, w in zip(tokens, words, strict=True)]
+    total = max(sum(len(t) for t in tokens), 1)
+    units, done = [], 0
+    for token in tokens:
+        t0 = start + (end - start) * done // total
+        done += len(token)
+        units.append((token, t0, start + (end - start) * done // total))
+    return units
+
+
+def _labelled(lines: list[str], segment: Segment) -> list[str]:
+    """``lines`` with the segment's role before the first (``agent: ...``), unchanged without a role."""
+    role = segment.role.strip()
+    return [f"{role}: {lines[0]}", *lines[1:]] if role and lines else lines
+
+
+def _cues(transcript: Transcript, label_text: bool = True) -> list[tuple[int, int, list[str], str]]:
+    """``(start_ms, end_ms, lines, role)`` subtitle cues, each within the limits in the module docstring.
+
+    ``label_text``: every cue of a segment with a role starts with ``role: `` (srt), counted in
+    its first line's length; otherwise the role is only returned (vtt marks it up as a voice
+    span, which is not displayed text).
+    """
+    cues = []
+    for start, end, lines, segment in _segments(transcript):
+        role = segment.role.strip()
+        prefix = f"{role}: " if role and label_text else ""
+        labelled = [prefix + lines[0], *lines[1:]]
+        fits = len(lines) <= MAX_CUE_LINES and all(len(x) <= MAX_LINE_CHARS for x in labelled)
+        if end - start <= _MAX_CUE_MS and fits:
+            cues.append((start, end, labelled, role))  # the segment's own line breaks already fit
+            continue
+        text = " ".join(lines)
+        wrapped = _wrap(text, prefix)
+        if len(wrapped) <= MAX_CUE_LINES and end - start <= _MAX_CUE_MS:
+            cues.append((start, end, wrapped, role))
+            continue
+        current: list[tuple[str, int, int]] = []
+        for unit in _units(text, start, end, segment):
+            candidate = current + [unit]
+            too_long = unit[2] - current[0][1] > _MAX_CUE_MS if current else False
+            if current and (too_long or len(_wrap(" ".join(u[0] for u in candidate), prefix)) > MAX_CUE_LINES):
+                cues.append((*_cue(current, prefix), role))
+                current = [unit]
+            else:
+                current = candidate
+        if current:
+            cues.append((*_cue(current, prefix), role))
     return cues
 
 
+def _cue(units: list[tuple[str, int, int]], prefix: str) -> tuple[int, int, list[str]]:
+    start = units[0][1]
+    end = min(max(units[-1][2], start), start + _MAX_CUE_MS)
+    return start, end, _wrap(" ".join(u[0] for u in units), prefix)
+
+
 def _render_txt(transcript: Transcript) -> str:
-    return "".join(" ".join(lines) + "\n" for _, _, lines in _cues(transcript))
+    return "".join(" ".join(_labelled(lines, segment)) + "\n" for _, _, lines, segment in _segments(transcript))
 
 
 def _render_srt(transcript: Transcript) -> str:
     out = []
-    for number, (start, end, lines) in enumerate(_cues(transcript), start=1):
+    for number, (start, end, lines, _) in enumerate(_cues(transcript), start=1):
         out.append(f"{number}\n{_clock(start, ',')} --> {_clock(end, ',')}\n" + "\n".join(lines) + "\n\n")
     return "".join(out)
 
@@ -187,8 +274,10 @@ def _vtt_escape(line: str) -> str:
 
 def _render_vtt(transcript: Transcript) -> str:
     out = ["WEBVTT\n\n"]
-    for start, end, lines in _cues(transcript):
+    for start, end, lines, role in _cues(transcript, label_text=False):
         text = "\n".join(_vtt_escape(line) for line in lines)
+        if role:
+            text = f"<v {_vtt_escape(role)}>{text}</v>"
         out.append(f"{_clock(start, '.')} --> {_clock(end, '.')}\n{text}\n\n")
     return "".join(out)
 

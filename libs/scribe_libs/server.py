@@ -29,6 +29,7 @@ from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from scribe.v1 import glossary_pb2, ingest_pb2, results_pb2, streaming_pb2
 from scribe_libs.auth import AuthInterceptor, KeyRateLimiter, server_keyring
 from scribe_libs.config import ServiceSettings
 from scribe_libs.errors import Dependencies, ErrorInterceptor, current_dependencies
@@ -43,6 +44,32 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 PROBE_INTERVAL_SECONDS = 3.0
 #: Seconds a probe may take before its backend counts as unavailable.
 PROBE_TIMEOUT_SECONDS = 5.0
+#: The services clients reach through the front door (Envoy routes ``/scribe.v1.<Service>/`` to
+#: each one's upstream). Every server that implements one of them lists all of them in reflection,
+#: so ``grpcurl list`` (and ``describe``) through Envoy shows the whole public API whichever
+#: upstream answers reflection; calls still go to the upstream that implements them. Importing the
+#: ``scribe.v1`` modules above puts their file descriptors into the default pool reflection reads.
+PUBLIC_SERVICES: tuple[str, ...] = (
+    ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name,
+    results_pb2.DESCRIPTOR.services_by_name["Results"].full_name,
+    glossary_pb2.DESCRIPTOR.services_by_name["Glossaries"].full_name,
+    streaming_pb2.DESCRIPTOR.services_by_name["StreamGateway"].full_name,
+)
+
+
+def reflected_services(service_names: Sequence[str], reflect: Sequence[str] | None = None) -> list[str]:
+    """Service names a server's reflection lists: its own, then ``reflect``, then health and reflection.
+
+    ``reflect`` None (the default) means :data:`PUBLIC_SERVICES` for a server that implements at
+    least one public service, and nothing more for an internal one (postprocess, transcriber),
+    which lists only what it serves. Listing a name only describes it: a call to a method the
+    server does not implement is UNIMPLEMENTED, as before.
+    """
+    if reflect is None:
+        reflect = PUBLIC_SERVICES if set(service_names) & set(PUBLIC_SERVICES) else ()
+    names = [*service_names, *reflect, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME]
+    return list(dict.fromkeys(names))  # order kept, duplicates dropped
 
 
 @dataclass
@@ -133,13 +160,18 @@ async def start_grpc_server(
     settings: ServiceSettings,
     register: Callable[[grpc.aio.Server], None],
     service_names: Sequence[str],
+    reflect: Sequence[str] | None = None,
 ) -> GrpcServer:
     """Create, bind and start a ``grpc.aio`` server with health, reflection and interceptors.
 
     Args:
         settings: The service's settings (host, port, ready_file).
         register: Adds the service's servicers to the server.
-        service_names: Full names of the registered services, e.g. ``"scribe.v1.Ingest"``.
+        service_names: Full names of the registered services, e.g. ``"scribe.v1.Ingest"``; health
+            reports each of them.
+        reflect: Further services reflection lists (their descriptors must be in the default
+            pool); None: every public service when this server implements one
+            (:func:`reflected_services`).
 
     Returns:
         The started server; health is NOT_SERVING until ``set_serving(True)``, and while any of
@@ -162,9 +194,7 @@ async def start_grpc_server(
     register(server)
     health = health_async.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-    )
+    reflection.enable_server_reflection(reflected_services(service_names, reflect), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
@@ -232,3 +262,13 @@ def serve_main(
         shutdown_telemetry()
 
     run(_main)
+    # A clean stop: the server's on_stop callbacks drained NATS and closed the stores and the
+    # temporary directory (tempdirs.OwnedTempDir.close; its flock would go with the process
+    # anyway), telemetry is flushed, and asyncio.Runner joined the default executor. No service
+    # registers an atexit hook, so skip the interpreter's teardown of grpc, protobuf, numpy and
+    # the model runtime (0.3-1 s on a busy machine), which `scribe down` would wait for; the
+    # front door does the same. An exception out of run() exits the ordinary way (code 1).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -219,13 +219,13 @@ def parse_cues(text: str, vtt: bool) -> list[tuple[float, float, str]]:
 
 
 def long_meeting() -> Transcript:
-    """Three hours of 7.3-second segments, with some silent ones."""
+    """Three hours of 6.9-second segments, with some silent ones."""
     segments = []
     t = 0.0
-    for i in range(1500):
+    for i in range(1600):
         text = "" if i % 7 == 3 else f" 발화 {i}"
-        segments.append(Segment(id=i, start=t, end=t + 7.2996, text=text))
-        t += 7.3
+        segments.append(Segment(id=i, start=t, end=t + 6.8996, text=text))
+        t += 6.9
     return Transcript(segments=segments)
 
 
@@ -245,6 +245,41 @@ def test_srt_vtt_parse_back(fmt: int) -> None:
     assert starts == sorted(starts)
     assert all(start <= end for start, end, _ in cues)
     assert all(prev_end <= start for (_, prev_end, _), (start, _, _) in zip(cues, cues[1:], strict=False))
+
+
+def _words(text: str, start: float, seconds_per_word: float) -> list:
+    from scribe.v1.transcript_pb2 import Word
+
+    return [Word(start=start + i * seconds_per_word, end=start + (i + 1) * seconds_per_word, word=f" {w}")
+            for i, w in enumerate(text.split())]
+
+
+@pytest.mark.parametrize("fmt", [SRT, VTT])
+@pytest.mark.parametrize("with_words", [True, False])
+def test_long_segments_become_bounded_cues(fmt: int, with_words: bool) -> None:
+    # The case seen: 105 characters over 10.9 s in one cue.
+    text = ("Kubernetes 클러스터에서 vLLM 서버를 띄우고 API 게이트웨이를 연결한 다음 "
+            "부하 테스트를 진행했는데 응답 지연이 예상보다 길어서 배치 크기를 줄였습니다")
+    segment = Segment(start=10.0, end=20.9, text=" " + text)
+    if with_words:
+        segment.words.extend(_words(text, 10.0, 10.9 / len(text.split())))
+    cues = parse_cues(render(Transcript(segments=[segment]), fmt)[0].decode("utf-8"), vtt=fmt == VTT)
+    assert len(cues) >= 2
+    for start, end, cue_text in cues:
+        lines = cue_text.split("\n")
+        assert len(lines) <= 2 and all(len(line) <= 42 for line in lines), lines
+        assert end - start <= 7.0 + 1e-9
+    assert " ".join(c[2].replace("\n", " ") for c in cues) == text  # nothing lost or reordered
+    assert cues[0][0] == 10.0 and cues[-1][1] == pytest.approx(20.9)
+    assert all(a[1] <= b[0] for a, b in zip(cues, cues[1:], strict=False))
+
+
+def test_a_word_longer_than_a_line_is_broken_and_a_long_word_is_shown_seven_seconds() -> None:
+    word = "가" * 100
+    cues = parse_cues(render(Transcript(segments=[Segment(start=0, end=30, text=word)]), SRT)[0].decode(), vtt=False)
+    assert "".join(c[2].replace("\n", "") for c in cues) == word
+    assert all(len(line) <= 42 for c in cues for line in c[2].split("\n"))
+    assert all(end - start <= 7.0 + 1e-9 for start, end, _ in cues)
 
 
 # --- JSON round trip --------------------------------------------------------------------------
@@ -323,3 +358,28 @@ def test_render_unknown_format(fmt: int) -> None:
     with pytest.raises(InvalidArgument) as err:
         render(small_transcript(), fmt)
     assert (err.value.reason, err.value.field) == ("UNKNOWN_FORMAT", "format")
+
+
+def test_a_segment_with_a_role_is_labelled_in_every_format() -> None:
+    transcript = Transcript(segments=[
+        Segment(start=0, end=2, text=" Thank you for calling.", role="agent", channel=0),
+        Segment(start=2.5, end=4, text=" My card was charged twice.", role="customer", channel=1),
+        Segment(start=5, end=6, text=" no role here"),
+    ])
+    assert render(transcript, TXT)[0].decode() == (
+        "agent: Thank you for calling.\ncustomer: My card was charged twice.\nno role here\n")
+    srt = parse_cues(render(transcript, SRT)[0].decode(), vtt=False)
+    assert [c[2] for c in srt] == ["agent: Thank you for calling.", "customer: My card was charged twice.",
+                                   "no role here"]
+    vtt = parse_cues(render(transcript, VTT)[0].decode(), vtt=True)
+    assert vtt[0][2] == "<v agent>Thank you for calling.</v>" and vtt[2][2] == "no role here"
+
+
+def test_every_cue_of_a_long_labelled_segment_carries_the_role_within_the_line_limit() -> None:
+    text = " ".join(["word"] * 60)
+    transcript = Transcript(segments=[Segment(start=0, end=20, text=text, role="customer")])
+    cues = parse_cues(render(transcript, SRT)[0].decode(), vtt=False)
+    assert len(cues) >= 3
+    for _, _, cue in cues:
+        lines = cue.split("\n")
+        assert lines[0].startswith("customer: ") and all(len(line) <= 42 for line in lines)

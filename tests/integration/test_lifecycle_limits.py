@@ -26,9 +26,9 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from scribe_harness import FIXTURES, NatsServer, Stack, wait_for
 
 from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc
+from scribe_harness import FIXTURES, NatsServer, Stack, wait_for
 from scribe_libs.errors import error_info, status_details
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET
 
@@ -258,7 +258,8 @@ def test_job_killing_its_worker_every_time_ends_failed(tmp_path, monkeypatch):
     monkeypatch.setenv("SCRIBE_TRANSCRIBER_BATCH_SIZE", "1")
     monkeypatch.setenv("SCRIBE_TRANSCRIBER_MODEL_STORE__CACHE_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("SCRIBE_TRANSCRIBER_MODEL_STORE__ALLOW_DOWNLOAD", "false")
-    embedded.up(embedded.UpOptions(models=["tiny.en"], workers=1))
+    # Free ports only (no fixed front door, metrics or HTTP port): runs beside a user's `scribe up`.
+    embedded.up(embedded.UpOptions(models=["tiny.en"], workers=1, port=0, metrics_port=0, http_port=0))
     try:
         ingest = ingest_pb2_grpc.IngestStub(embedded.channel("ingest"))
         results = results_pb2_grpc.ResultsStub(embedded.channel("results"))

@@ -7,9 +7,9 @@ import time
 import urllib.request
 
 import pytest
-from scribe_harness import FIXTURES
 
 from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc
+from scribe_harness import FIXTURES
 from scribe_libs.telemetry import setup_telemetry
 
 EXPECTED = [
@@ -21,6 +21,7 @@ EXPECTED = [
     "scribe_queue_depth",
     "scribe_jobs{",
     "scribe_jobs_refused_total",
+    "rpc_server_call_duration_seconds_bucket",
 ]
 
 
@@ -56,11 +57,17 @@ def test_metrics_endpoint_exposes_the_platform_series(metrics_url):
     while True:  # the gauges are sampled in the background: poll the scrape until they appear
         text = urllib.request.urlopen(url, timeout=5).read().decode()
         missing = [name for name in EXPECTED if name not in text]
-        completed = any(line.startswith("scribe_jobs{") and 'state="COMPLETED"' in line and 'pool="cpu"' in line
-                        for line in text.splitlines())
-        if not missing and completed:
+        # Finished jobs are counted as they end; the scribe_jobs gauge holds the queues' jobs.
+        completed = any(line.startswith("scribe_jobs_finished_total{") and 'state="COMPLETED"' in line
+                        and 'pool="cpu"' in line for line in text.splitlines())
+        # Per-RPC server metrics: the refused CreateJob with its status (3 INVALID_ARGUMENT). Polled
+        # too: context.abort() answers the caller before the server's call has returned.
+        refused_call = any(line.startswith("rpc_server_call_duration_seconds_count{") and 'rpc_method="CreateJob"'
+                           in line and 'rpc_grpc_status_code="3"' in line for line in text.splitlines())
+        if not missing and completed and refused_call:
             break
         assert time.monotonic() < deadline, f"missing {missing} in:\n{text[:3000]}"
         time.sleep(0.2)
     lines = text.splitlines()
     assert any(line.startswith("scribe_jobs_refused_total{") and 'reason="EMPTY_AUDIO"' in line for line in lines)
+    assert any(line.startswith("scribe_jobs{") and 'state="QUEUED"' in line for line in lines)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from scribe_client._config import DEFAULT_ADDRESS, Transcript, service_config  # noqa: E402
+from scribe_client._config import DEFAULT_ADDRESS, Transcript, open_channel, service_config  # noqa: E402
 from scribe_client.aio import AsyncClient  # noqa: E402
 from scribe_client.client import Client  # noqa: E402
 from scribe_client.errors import (  # noqa: E402
@@ -51,5 +51,6 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "__version__",
+    "open_channel",
     "service_config",
 ]

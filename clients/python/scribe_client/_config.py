@@ -99,6 +99,26 @@ def credentials(ca_cert: str | os.PathLike[str] | bytes | None) -> grpc.ChannelC
     return grpc.ssl_channel_credentials(root_certificates=pem)
 
 
+def open_channel(
+    address: str,
+    *,
+    tls: bool = False,
+    ca_cert: str | os.PathLike[str] | bytes | None = None,
+    max_attempts: int = 5,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.Channel:
+    """A channel to ``address`` as :class:`scribe_client.Client` opens them.
+
+    The retry service config, keep-alive and message limits of :func:`channel_options`; TLS when
+    ``tls`` or ``ca_cert`` (PEM bytes or a path) is given. For callers that use the generated
+    stubs themselves (the ``scribe`` CLI); the API key is the caller's to send.
+    """
+    opts = channel_options(max(1, max_attempts), options)
+    if tls or ca_cert is not None:
+        return grpc.secure_channel(address, credentials(ca_cert), options=opts)
+    return grpc.insecure_channel(address, options=opts)
+
+
 def resolve_addresses(address: str | None, addresses: Mapping[str, str] | None) -> dict[str, str]:
     """``{service: host:port}`` for :data:`SERVICES`: ``addresses`` where given, else ``address``.
 

@@ -1,7 +1,8 @@
 """scribe.v1.Results: job state, progress, queue position and ETA, transcripts, cancel, delete.
 
-Queue position and ETA are computed at read time (scribe_libs.queue): they are facts of the
-JetStream queue and of the pool's measured real-time factor, not stored values.
+Queue position and ETA are computed at read time from the pool's counters and the job's ticket
+(scribe_libs.queue: a few reads, whatever the queue's length) and the pool's measured real-time
+factor (the live worker registry, scribe_libs.registry), not stored values.
 
 ListJobs pages are bounded in count (``page_size``, at most 1000) and in bytes (``MAX_PAGE_BYTES``):
 a page stops before the job that would take it past the byte bound (a page always holds at least
@@ -23,9 +24,10 @@ import nats.errors
 
 from scribe.v1 import jobs_pb2, results_pb2, results_pb2_grpc, transcript_pb2
 from scribe_libs import bus as busmod
+from scribe_libs import jobindex
 from scribe_libs.auth import KeyRing, can_see, check_not_revoked, current_principal
 from scribe_libs.errors import FailedPrecondition, InvalidArgument
-from scribe_libs.formats import content_type, format_name
+from scribe_libs.formats import content_type, format_name, transcript_from_json
 from scribe_libs.jobs import (
     AUDIO_BUCKET,
     RESULTS_BUCKET,
@@ -38,7 +40,8 @@ from scribe_libs.jobs import (
     transcript_key,
 )
 from scribe_libs.objectstore import ObjectNotFound, ObjectStore, open_store
-from scribe_libs.queue import eta_queued, eta_running, live_profiles, pool_rtf, queue_view
+from scribe_libs.queue import DEFAULT_RTF, PoolLedger, eta_queued, eta_running, queue_view
+from scribe_libs.registry import WorkerRegistry
 from scribe_libs.server import GrpcServer, start_grpc_server
 from scribe_results import glossaries
 from scribe_results.config import Settings
@@ -49,6 +52,9 @@ log = logging.getLogger(__name__)
 
 S = jobs_pb2.JobState
 _MAX_PAGE = 1000
+#: A ListJobs call reads at most this many index entries per job of page_size, plus _SCAN_EXTRA.
+_SCAN_PER_JOB = 10
+_SCAN_EXTRA = 100
 #: Bytes of jobs one ListJobs page carries at most (a quarter of gRPC's 4 MiB default message limit).
 MAX_PAGE_BYTES = 1024 * 1024
 #: What a job id may be: a NATS KV key (nats-py's ``^[-/_=\.a-zA-Z0-9]+$``, no leading or trailing
@@ -59,9 +65,13 @@ _JOB_ID = re.compile(r"(?!\.)[-/_=.a-zA-Z0-9]{1,256}(?<!\.)")
 class ResultsServicer(results_pb2_grpc.ResultsServicer):
     """Implements scribe.v1.Results."""
 
-    def __init__(self, settings: Settings, bus: busmod.Bus, store: ObjectStore):
+    def __init__(
+        self, settings: Settings, bus: busmod.Bus, store: ObjectStore, registry: WorkerRegistry | None = None
+    ):
         self.settings = settings
         self.bus = bus
+        self.registry = registry or WorkerRegistry(bus.workers, bus)
+        self.ledger = PoolLedger(bus)
         self.store = store
         self.jobs = JobStore(bus)
         self.keyring = KeyRing(settings.auth) if settings.auth.enabled else None
@@ -73,9 +83,16 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
     async def _visible(self, job_id: str) -> jobs_pb2.Job:
         """The job if the caller may see it; another caller's job is NOT_FOUND, as if absent.
 
-        An id that cannot be a key of the jobs bucket (empty, ``*``, ``>``, spaces, over 256 bytes:
-        nats-py raises InvalidKeyError, which was an INTERNAL) is NOT_FOUND as well.
+        An id that cannot be a key of the jobs bucket (``*``, ``>``, spaces, over 256 bytes:
+        nats-py raises InvalidKeyError, which was an INTERNAL) is NOT_FOUND as well: no job has it.
+
+        Raises:
+            InvalidArgument: ``JOB_ID_REQUIRED`` for an empty id (field ``job_id``): a request that
+                names no job is malformed, not a search that found nothing (AIP-193).
+            JobNotFound: no such job visible to the caller.
         """
+        if not job_id:
+            raise InvalidArgument("JOB_ID_REQUIRED", "job_id is required", field="job_id")
         if not _JOB_ID.fullmatch(job_id):
             raise JobNotFound(job_id[:256])
         job = await self.jobs.get(job_id)
@@ -85,14 +102,14 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
 
     async def decorate(self, job: jobs_pb2.Job) -> jobs_pb2.Job:
         """Fill the read-time fields: queue_position and eta_seconds."""
+        totals = self.registry.totals(job.pool)
         if job.state == S.JOB_STATE_QUEUED:
-            view = await queue_view(self.bus, job.pool, job.stream_seq or None)
-            profiles = await live_profiles(self.bus.workers, job.pool)
+            ticket = job.queue_ticket if job.HasField("queue_ticket") else None
+            view = await queue_view(self.bus, self.ledger, job.pool, ticket)
             job.queue_position = view.position
-            job.eta_seconds = eta_queued(view, job.audio_duration, pool_rtf(profiles), len(profiles))
+            job.eta_seconds = eta_queued(view, job.audio_duration, totals.rtf(DEFAULT_RTF), totals.live)
         elif job.state == S.JOB_STATE_RUNNING:
-            profiles = await live_profiles(self.bus.workers, job.pool)
-            job.eta_seconds = eta_running(job, time.time(), pool_rtf(profiles))
+            job.eta_seconds = eta_running(job, time.time(), totals.rtf(DEFAULT_RTF))
         return job
 
     async def GetJob(  # noqa: N802 - gRPC method name
@@ -105,32 +122,89 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
     async def ListJobs(  # noqa: N802 - gRPC method name
         self, request: results_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> results_pb2.ListJobsResponse:
-        """Jobs newest first, paged by an offset token; a page holds at most MAX_PAGE_BYTES of jobs.
+        """Jobs newest first from the job index (scribe_libs.jobindex), filtered, in pages.
+
+        Cost: a page reads at most ``10 * page_size + 100`` index entries plus one record (KV
+        get) per entry that passes the create-time bounds, whatever the number of jobs. When that
+        budget runs out first, the page holds fewer than ``page_size`` jobs (even none) and
+        ``next_page_token`` is set (Google AIP-158): callers page until the token is empty. A page
+        also stops before the job that would take it past MAX_PAGE_BYTES.
+
+        A caller sees its owner's jobs (its index subject); an admin sees every owner's (the
+        stream walked backwards). Filters: ``state``, ``labels`` (every pair must be in the job's
+        ``spec.labels``), and create time in ``[create_time_after, create_time_before)``. Jobs
+        created before the index existed are not listed (no backfill; they expire with the
+        retention period). Entries whose record is gone (deleted, expired) are skipped.
 
         Raises:
             InvalidArgument: ``INVALID_PAGE_TOKEN`` for a token that is not one this method returned
-                (a non-negative decimal offset).
+                for this caller (owner) and these filters; ``INVALID_TIMESTAMP`` for a bound
+                outside the Timestamp range (years 1..9999).
         """
         size = min(request.page_size or 100, _MAX_PAGE)
-        token = request.page_token
-        if token and not (token.isascii() and token.isdecimal() and len(token) <= 18):
-            raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not valid", field="page_token")
-        offset = int(token or 0)
         principal = current_principal()
-        jobs = [j for j in await self.jobs.list() if can_see(principal, j.owner)]
-        if request.state:
-            jobs = [j for j in jobs if j.state == request.state]
-        jobs.sort(key=lambda j: (j.create_time.ToNanoseconds(), j.job_id), reverse=True)
+        labels = dict(request.labels)
+        bounds: dict[str, int | None] = {}
+        for name in ("create_time_after", "create_time_before"):
+            try:
+                bounds[name] = getattr(request, name).ToNanoseconds() if request.HasField(name) else None
+            except ValueError as exc:  # outside 0001-01-01 .. 9999-12-31 or bad nanos
+                raise InvalidArgument("INVALID_TIMESTAMP", f"{name} is not a valid timestamp", field=name) from exc
+        after_ns, before_ns = bounds["create_time_after"], bounds["create_time_before"]
+        digest = jobindex.filter_digest(
+            "list-jobs/1", principal.owner, principal.admin, int(request.state), sorted(labels.items()),
+            after_ns, before_ns,
+        )
+        start = 0
+        if request.page_token:
+            try:
+                start = jobindex.decode_page_token(request.page_token, digest)
+            except ValueError as exc:
+                raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not valid", field="page_token") from exc
+        if before_ns is not None and (before_ns <= 0 or (after_ns is not None and after_ns >= before_ns)):
+            return results_pb2.ListJobsResponse()  # an empty range
+        # A bound in the future needs no seek (and a far one would not fit an RFC 3339 time).
+        seek_before = before_ns if before_ns is not None and before_ns < time.time_ns() else 0
         page: list[jobs_pb2.Job] = []
         page_bytes = 0
-        for job in jobs[offset : offset + size]:
-            job_bytes = job.ByteSize() + 8  # field tag and length prefix
-            if page and page_bytes + job_bytes > MAX_PAGE_BYTES:
-                break
-            page.append(job)
-            page_bytes += job_bytes
-        end = offset + len(page)
-        return results_pb2.ListJobsResponse(jobs=page, next_page_token=str(end) if end < len(jobs) else "")
+        next_seq = 0
+        scan = self.jobs.index.scan(
+            None if principal.admin else principal.owner, start, seek_before, max(after_ns or 0, 0),
+            budget=_SCAN_PER_JOB * size + _SCAN_EXTRA,
+        )
+        try:
+            async for item in scan:
+                if isinstance(item, jobindex.Resume):
+                    next_seq = item.seq
+                    break
+                created = item.create_ns
+                if (before_ns is not None and created >= before_ns) or (after_ns is not None and created < after_ns):
+                    continue
+                try:
+                    job = await self.jobs.get(item.entry.job_id)
+                except JobNotFound:
+                    continue  # deleted or expired
+                if job.create_time.ToNanoseconds() != created or not can_see(principal, job.owner):
+                    continue  # an entry of a creation that failed (the id's record is another's)
+                if request.state and job.state != request.state:
+                    continue
+                if any(job.spec.labels.get(key) != value for key, value in labels.items()):
+                    continue
+                job_bytes = job.ByteSize() + 8  # field tag and length prefix
+                if page and page_bytes + job_bytes > MAX_PAGE_BYTES:
+                    next_seq = item.seq
+                    break
+                page.append(job)
+                page_bytes += job_bytes
+                if len(page) >= size:
+                    next_seq = item.next_seq
+                    break
+        except jobindex.ForeignStart as exc:
+            raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not valid", field="page_token") from exc
+        finally:
+            await scan.aclose()
+        token = jobindex.encode_page_token(next_seq, digest) if next_seq else ""
+        return results_pb2.ListJobsResponse(jobs=page, next_page_token=token)
 
     async def WatchJob(  # noqa: N802 - gRPC method name
         self, request: results_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
@@ -166,6 +240,9 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
     ) -> results_pb2.GetTranscriptResponse:
         """The final (or, with ``raw``, the as-decoded) transcript in the asked format, JSON by default.
 
+        For JSON (and an unspecified format) the response also carries the typed ``Transcript``
+        message, so grpcurl and generated clients read segments without parsing bytes.
+
         ``content_type`` is the format's from :data:`scribe_libs.formats.CONTENT_TYPES`
         (``; charset=utf-8`` on every one).
 
@@ -191,7 +268,10 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
             content = await self.store.get_bytes(RESULTS_BUCKET, key)
         except ObjectNotFound as exc:
             raise JobNotFound(job.job_id) from exc  # expired by the bucket's lifecycle
-        return results_pb2.GetTranscriptResponse(format=fmt, content_type=content_type(fmt), content=content)
+        response = results_pb2.GetTranscriptResponse(format=fmt, content_type=content_type(fmt), content=content)
+        if fmt == transcript_pb2.TRANSCRIPT_FORMAT_JSON:
+            response.transcript.CopyFrom(transcript_from_json(content))
+        return response
 
     async def CancelJob(  # noqa: N802 - gRPC method name
         self, request: results_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
@@ -251,7 +331,8 @@ class ResultsServicer(results_pb2_grpc.ResultsServicer):
         self, request: results_pb2.ListWorkersRequest, context: grpc.aio.ServicerContext
     ) -> results_pb2.ListWorkersResponse:
         """Live worker profiles, by pool then worker id."""
-        profiles = await live_profiles(self.bus.workers, request.pool or None)
+        await self.registry.sync()
+        profiles = self.registry.profiles(request.pool or None)
         profiles.sort(key=lambda p: (p.pool, p.worker_id))
         return results_pb2.ListWorkersResponse(workers=profiles)
 
@@ -266,7 +347,8 @@ async def create_server(settings: Settings) -> GrpcServer:
     store = open_store(settings.store)
     await store.ensure_bucket(RESULTS_BUCKET, expiry_days=settings.retention_days)
     await store.ensure_bucket(AUDIO_BUCKET)
-    servicer = ResultsServicer(settings, bus, store)
+    registry = await WorkerRegistry(bus.workers, bus).start()
+    servicer = ResultsServicer(settings, bus, store, registry)
     server = await start_grpc_server(
         settings,
         lambda s: (
@@ -277,11 +359,12 @@ async def create_server(settings: Settings) -> GrpcServer:
     )
     janitor = Janitor(bus, store, settings.sweep_interval_seconds)
     await janitor.start()
-    sampler = QueueSampler(bus, settings.metrics_sample_seconds)
+    sampler = QueueSampler(bus, settings.metrics_sample_seconds, servicer.ledger)
     sampler.start()
 
     async def stop() -> None:
         await sampler.stop()
+        await registry.stop()
         await janitor.stop()
         await bus.close()
 

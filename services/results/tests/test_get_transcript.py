@@ -55,7 +55,7 @@ async def servicer(tmp_path):
     for name, fmt in FORMAT_NAMES.items():  # as postprocess writes them
         await store.put_bytes(RESULTS_BUCKET, transcript_key(JOB, name), *render(final, fmt))
         await store.put_bytes(RESULTS_BUCKET, raw_transcript_key(JOB, name), *render(raw, fmt))
-    servicer = ResultsServicer(Settings(), SimpleNamespace(jobs=None), store)
+    servicer = ResultsServicer(Settings(), SimpleNamespace(jobs=None, workers=None), store)
     servicer.jobs = DictJobs(
         jobs_pb2.Job(job_id=JOB, state=S.JOB_STATE_COMPLETED),
         jobs_pb2.Job(job_id="running", state=S.JOB_STATE_RUNNING),
@@ -82,6 +82,21 @@ async def test_unspecified_format_is_json(servicer):
     assert response.format == F.TRANSCRIPT_FORMAT_JSON
     assert response.content_type == "application/json; charset=utf-8"
     assert b'"job_id": "0123456789abcdef0123456789abcdef"' in response.content
+
+
+@pytest.mark.parametrize("fmt", [F.TRANSCRIPT_FORMAT_UNSPECIFIED, F.TRANSCRIPT_FORMAT_JSON])
+@pytest.mark.parametrize("raw", [False, True])
+async def test_json_comes_with_the_typed_transcript(servicer, fmt, raw):
+    response = await get(servicer, job_id=JOB, format=fmt, raw=raw)
+    typed = response.transcript
+    assert typed.job_id == JOB and len(typed.segments) == 1
+    assert typed.segments[0].text == ("unicode raw text" if raw else "Ünïcode final text")
+    assert typed.segments[0].end == 1.5
+
+
+async def test_other_formats_carry_only_their_rendering(servicer):
+    response = await get(servicer, job_id=JOB, format=F.TRANSCRIPT_FORMAT_SRT)
+    assert not response.HasField("transcript") and b"-->" in response.content
 
 
 async def test_unknown_format_is_invalid_argument_even_before_completion(servicer):
