@@ -51,6 +51,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+
 from scribe_harness import SHARED_DATA, NatsServer, Stack  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,3 +21,18 @@ speak terms_en en-us "We deploy the model on Kubernetes with vLLM."
 sox speech_en.wav -r 8000 -e mu-law speech_en_8k_mulaw.wav
 # Not audio at all, for the bad-input tests.
 printf 'this is not audio, just text pretending to be a wav file\n' > not_audio.wav
+
+# Non-speech, for the hallucination guards (tests/integration/test_hallucination.py): Whisper
+# writes stock phrases ("Thank you.", "시청해 주셔서 감사합니다") into audio like this when VAD is
+# off. 10 s each, 16 kHz mono 16-bit (about 320 KB); the noise is seeded so a rerun gives the
+# same file.
+sox -n -r 16000 -c 1 -b 16 silence_10s.wav trim 0 10
+sox -R -n -r 16000 -c 1 -b 16 noise_10s.wav synth 10 pinknoise vol 0.05
+# A hold-music loop: a 2 s bar of plucked notes (C and A minor arpeggios) over a soft pad, repeated.
+sox -n -r 16000 -c 1 -b 16 /tmp/hold_notes.wav \
+  synth 0.25 pluck C4 : synth 0.25 pluck E4 : synth 0.25 pluck G4 : synth 0.25 pluck C5 \
+  : synth 0.25 pluck A3 : synth 0.25 pluck C4 : synth 0.25 pluck E4 : synth 0.25 pluck A4
+sox /tmp/hold_notes.wav /tmp/hold_loop.wav repeat 4
+sox -n -r 16000 -c 1 -b 16 /tmp/hold_pad.wav synth 10 sine 130.81 sine 196 vol 0.15
+sox -m /tmp/hold_loop.wav /tmp/hold_pad.wav -r 16000 -c 1 -b 16 hold_music_10s.wav trim 0 10 norm -6
+rm -f /tmp/hold_notes.wav /tmp/hold_loop.wav /tmp/hold_pad.wav

@@ -2,10 +2,14 @@
 
 Decoding goes through PyAV (FFmpeg), the same library faster-whisper uses, so anything FFmpeg
 reads is accepted: wav, flac, mp3, ogg/opus, m4a, and G.711 mu-law/A-law wav from call centers.
+:func:`stream_for_whisper` decodes a file in bounded blocks (the transcriber's path, flat memory
+for any length); :func:`decode_for_whisper` joins those blocks for callers that want one array.
 """
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,8 +111,117 @@ def probe(path: Path) -> AudioInfo:
         )
 
 
+#: Samples per block of :func:`stream_for_whisper` by default: 30 s at 16 kHz (1.9 MB of float32),
+#: Whisper's window; the FIFO before the resampler holds at most 500,000 input samples
+#: (faster-whisper's ``_group_frames``), so decoding holds a few MB whatever the file's length.
+STREAM_BLOCK_SECONDS = 30.0
+
+_FIFO_SAMPLES = 500_000
+"""Input samples grouped before resampling (faster-whisper ``decode_audio``'s ``_group_frames``)."""
+
+
+def stream_for_whisper(
+    path: Path, block_seconds: float = STREAM_BLOCK_SECONDS, channel: int | None = None
+) -> Iterator[np.ndarray]:
+    """Decode ``path`` incrementally to mono float32 at 16 kHz, in blocks of bounded size.
+
+    The same conversion as faster-whisper's ``decode_audio``: PyAV decodes the first audio
+    stream, ``av.AudioResampler`` mixes every channel down to mono (FFmpeg's downmix) and
+    resamples to 16 kHz as signed 16-bit, which becomes float32 / 32768. With ``channel``, that
+    one channel is kept instead of the mix (a call recording's side: one speaker per channel).
+    Frames FFmpeg reports as invalid are skipped. Memory held: one block plus FFmpeg's buffers,
+    whatever the file's length.
+
+    Args:
+        path: Any file FFmpeg reads.
+        block_seconds: Seconds per yielded block (> 0).
+        channel: 0-based channel to keep; None mixes every channel down.
+
+    Yields:
+        1-D float32 arrays in [-1, 1] of ``round(block_seconds x 16000)`` samples each, the last
+        one shorter (never empty). Concatenated, they are :func:`decode_for_whisper`'s array.
+
+    Raises:
+        InvalidArgument: ``UNDECODABLE_AUDIO`` (raised by the first ``next()`` for a file that
+            does not open or has no audio stream).
+    """
+    block = max(int(round(block_seconds * WHISPER_SAMPLE_RATE)), 1)
+    pending: list[np.ndarray] = []
+    held = 0
+    try:
+        with av.open(str(path), mode="r", metadata_errors="ignore") as container:
+            for samples in _resampled(container, channel):
+                pending.append(samples)
+                held += samples.size
+                if held < block:
+                    continue
+                joined = np.concatenate(pending)
+                end = held - held % block
+                for start in range(0, end, block):
+                    yield joined[start : start + block].astype(np.float32) / 32768.0
+                pending, held = [joined[end:]], held - end
+        if held:
+            yield np.concatenate(pending).astype(np.float32) / 32768.0
+    except (av.error.FFmpegError, ValueError, AttributeError, IndexError, UnicodeDecodeError) as exc:
+        raise _undecodable(exc) from exc
+    finally:
+        # PyAV's resampler objects are freed only by the collector
+        # (https://github.com/SYSTRAN/faster-whisper/issues/390).
+        gc.collect()
+
+
+def _resampled(container: av.container.InputContainer, channel: int | None = None) -> Iterator[np.ndarray]:
+    """The first audio stream as 16 kHz mono int16 arrays of at most a few hundred thousand samples.
+
+    ``channel`` None: FFmpeg's downmix of every channel; else that channel alone (resampled planar,
+    the other planes dropped).
+
+    Raises:
+        InvalidArgument: ``NO_SUCH_CHANNEL`` when ``channel`` is not below the stream's channels.
+    """
+    if channel is None:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=WHISPER_SAMPLE_RATE)
+    else:
+        channels = int(container.streams.audio[0].codec_context.channels or 0)
+        if not 0 <= channel < channels:
+            raise InvalidArgument(
+                "NO_SUCH_CHANNEL", f"channel {channel} asked of audio with {channels} channel(s)", field="audio"
+            )
+        resampler = av.AudioResampler(format="s16p", rate=WHISPER_SAMPLE_RATE)
+
+    def plane(out: av.AudioFrame) -> np.ndarray:
+        samples = out.to_ndarray()
+        return samples.reshape(-1) if channel is None else samples[channel]
+
+    fifo = av.AudioFifo()
+    for frame in _valid_frames(container.decode(audio=0)):
+        frame.pts = None  # ignore timestamp gaps (as faster-whisper does)
+        fifo.write(frame)
+        if fifo.samples >= _FIFO_SAMPLES:
+            for out in resampler.resample(fifo.read()):
+                yield plane(out)
+    rest = [fifo.read()] if fifo.samples else []
+    for grouped in (*rest, None):  # None flushes the resampler
+        for out in resampler.resample(grouped):
+            yield plane(out)
+
+
+def _valid_frames(frames: Iterator[av.AudioFrame]) -> Iterator[av.AudioFrame]:
+    """``frames`` without those FFmpeg reports as invalid data (faster-whisper does the same)."""
+    while True:
+        try:
+            yield next(frames)
+        except StopIteration:
+            return
+        except av.error.InvalidDataError:
+            continue
+
+
 def decode_for_whisper(path: Path) -> np.ndarray:
-    """Decode ``path`` to mono float32 samples at 16 kHz (faster-whisper's ``decode_audio``).
+    """Decode all of ``path`` to mono float32 samples at 16 kHz (:func:`stream_for_whisper` joined).
+
+    Holds the whole file (64,000 bytes per second of audio): for short inputs only; the
+    transcriber streams long files through :func:`stream_for_whisper`.
 
     Returns:
         1-D array of float32 in [-1, 1], length = duration x 16000.
@@ -116,12 +229,8 @@ def decode_for_whisper(path: Path) -> np.ndarray:
     Raises:
         InvalidArgument: ``UNDECODABLE_AUDIO``.
     """
-    from faster_whisper.audio import decode_audio
-
-    try:
-        return decode_audio(str(path), sampling_rate=WHISPER_SAMPLE_RATE)
-    except (av.error.FFmpegError, ValueError, AttributeError, IndexError) as exc:
-        raise _undecodable(exc) from exc
+    blocks = list(stream_for_whisper(path))
+    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
 
 
 def header_duration(path: Path) -> float | None:

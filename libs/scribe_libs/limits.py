@@ -20,12 +20,13 @@ label value                            1024 B      a label is a tag, not a docum
 ``source_uri``                         2048 B      S3 keys are <= 1024 B, plus bucket/scheme
 ``glossary_ids``                       32 ids      ``GlossaryStore`` ids are short slugs
 glossary id                            128 B
-``config.language``                    16 B        ISO 639-1 codes (2-3 chars), "auto"
+``config.language``                    35 B        BCP-47 tags (RFC 5646 advises 35 characters), "auto"
 ``config.model``                       256 B       hub ids ``org/name``
 ``config.hotwords``                    100 terms   = ``recognition.MAX_HOTWORDS``
 hotword                                4000 B      ``recognition.MAX_PROMPT_CHARS`` (1000) x 4
 ``config.initial_prompt``              4000 B      1000 chars (Whisper's 224-token budget) x 4
-``channel_roles`` (streaming)          8 roles     a role each for at most MAX_CHANNELS
+``channel_roles`` (streaming, batch)   8 roles     a role each for at most MAX_CHANNELS
+``config.allowed_languages``           16 tags     a call's languages are few; each 35 B
 =====================================  ==========  ============================================
 
 Audio: at most :data:`MAX_CHANNELS` channels (a call has 1-2, a conference recorder up to 8;
@@ -48,13 +49,14 @@ MAX_REQUEST_ID_BYTES = 256
 MAX_SOURCE_URI_BYTES = 2048
 MAX_GLOSSARY_IDS = 32
 MAX_GLOSSARY_ID_BYTES = 128
-MAX_LANGUAGE_BYTES = 16
+MAX_LANGUAGE_BYTES = 35
 MAX_MODEL_BYTES = 256
 MAX_HOTWORDS = 100
 MAX_HOTWORD_BYTES = 4000
 MAX_PROMPT_BYTES = 4000
 MAX_CHANNEL_ROLES = 8
 MAX_CHANNEL_ROLE_BYTES = 256
+MAX_ALLOWED_LANGUAGES = 16
 
 #: Most channels accepted in an uploaded file.
 MAX_CHANNELS = 8
@@ -63,7 +65,8 @@ MAX_CHANNELS = 8
 MAX_SPEC_BYTES = (
     MAX_FILENAME_BYTES + MAX_LABELS * (MAX_LABEL_KEY_BYTES + MAX_LABEL_VALUE_BYTES) + MAX_REQUEST_ID_BYTES
     + MAX_SOURCE_URI_BYTES + MAX_GLOSSARY_IDS * MAX_GLOSSARY_ID_BYTES + MAX_LANGUAGE_BYTES + MAX_MODEL_BYTES
-    + MAX_HOTWORDS * MAX_HOTWORD_BYTES + MAX_PROMPT_BYTES
+    + MAX_HOTWORDS * MAX_HOTWORD_BYTES + MAX_PROMPT_BYTES + MAX_CHANNEL_ROLES * MAX_CHANNEL_ROLE_BYTES
+    + MAX_ALLOWED_LANGUAGES * MAX_LANGUAGE_BYTES
 )
 
 #: Truncation tolerance: decoded audio may fall short of the header's duration by this many
@@ -140,6 +143,8 @@ def check_recognition_config(config, field: str) -> None:  # noqa: ANN001 - a Re
     check_string(config.model, f"{field}.model", MAX_MODEL_BYTES)
     check_strings(config.hotwords, f"{field}.hotwords", MAX_HOTWORDS, MAX_HOTWORD_BYTES)
     check_string(config.initial_prompt, f"{field}.initial_prompt", MAX_PROMPT_BYTES)
+    check_strings(config.channel_roles, f"{field}.channel_roles", MAX_CHANNEL_ROLES, MAX_CHANNEL_ROLE_BYTES)
+    check_strings(config.allowed_languages, f"{field}.allowed_languages", MAX_ALLOWED_LANGUAGES, MAX_LANGUAGE_BYTES)
 
 
 def check_job_spec(spec, field: str = "spec") -> None:  # noqa: ANN001 - a JobSpec
@@ -163,5 +168,6 @@ def check_streaming_config(config, field: str = "config") -> None:  # noqa: ANN0
     check_string(config.model, f"{field}.model", MAX_MODEL_BYTES)
     check_strings(config.hotwords, f"{field}.hotwords", MAX_HOTWORDS, MAX_HOTWORD_BYTES)
     check_strings(config.channel_roles, f"{field}.channel_roles", MAX_CHANNEL_ROLES, MAX_CHANNEL_ROLE_BYTES)
+    check_strings(config.allowed_languages, f"{field}.allowed_languages", MAX_ALLOWED_LANGUAGES, MAX_LANGUAGE_BYTES)
     check_strings(config.glossary_ids, f"{field}.glossary_ids", MAX_GLOSSARY_IDS, MAX_GLOSSARY_ID_BYTES)
     check_labels(config.labels, f"{field}.labels")

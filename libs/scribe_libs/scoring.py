@@ -47,10 +47,16 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import jiwer
 
-_WORDS = jiwer.Compose([jiwer.ReduceToListOfListOfWords()])
-_CHARS = jiwer.Compose([jiwer.ReduceToListOfListOfChars()])
+def _jiwer():  # noqa: ANN202 - the jiwer module
+    """Jiwer, imported where alignment is needed.
+
+    :func:`normalize` works without it: the postprocess image, which matches stock phrases with
+    it, does not carry jiwer.
+    """
+    import jiwer  # noqa: PLC0415
+
+    return jiwer
 _FULLWIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)}
 _TURKIC = {"tr", "az"}
 _TURKIC_CASE = str.maketrans({"I": "ı", "İ": "i"})
@@ -123,8 +129,10 @@ def normalize(text: str, language: str | None = None) -> str:
 
 def word_errors(reference: str, hypothesis: str, language: str | None = None) -> ErrorCounts:
     """Word-level alignment counts of the normalised texts (words split on white space)."""
+    jiwer = _jiwer()
+    words = jiwer.Compose([jiwer.ReduceToListOfListOfWords()])
     out = jiwer.process_words(normalize(reference, language), normalize(hypothesis, language),
-                              reference_transform=_WORDS, hypothesis_transform=_WORDS)
+                              reference_transform=words, hypothesis_transform=words)
     return ErrorCounts(out.hits, out.substitutions, out.deletions, out.insertions)
 
 
@@ -132,7 +140,9 @@ def character_errors(reference: str, hypothesis: str, language: str | None = Non
     """Character-level alignment counts of the normalised texts with all white space removed."""
     ref = normalize(reference, language).replace(" ", "")
     hyp = normalize(hypothesis, language).replace(" ", "")
-    out = jiwer.process_characters(ref, hyp, reference_transform=_CHARS, hypothesis_transform=_CHARS)
+    jiwer = _jiwer()
+    chars = jiwer.Compose([jiwer.ReduceToListOfListOfChars()])
+    out = jiwer.process_characters(ref, hyp, reference_transform=chars, hypothesis_transform=chars)
     return ErrorCounts(out.hits, out.substitutions, out.deletions, out.insertions)
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from scribe_harness import FIXTURES
 
 from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc
+from scribe_harness import FIXTURES
 from scribe_libs.auth import generate_key
 from scribe_libs.errors import error_info
 

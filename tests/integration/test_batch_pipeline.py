@@ -13,10 +13,10 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import json_format
-from scribe_harness import FIXTURES, SHARED_DATA, create_job_requests, wer
-from scribe_harness import submit as harness_submit
 
 from scribe.v1 import ingest_pb2, jobs_pb2, results_pb2, transcript_pb2
+from scribe_harness import FIXTURES, SHARED_DATA, create_job_requests, wer
+from scribe_harness import submit as harness_submit
 from scribe_libs.errors import error_info
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET
 

@@ -22,7 +22,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scribe_harness import FIXTURES
 
 from scribe.v1 import (
     glossary_pb2,
@@ -36,6 +35,7 @@ from scribe.v1 import (
     streaming_pb2_grpc,
     transcript_pb2,
 )
+from scribe_harness import FIXTURES
 from scribe_libs import glossaries as glossary_limits
 from scribe_libs import limits
 from scribe_libs.errors import DOMAIN, error_info

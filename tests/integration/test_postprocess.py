@@ -14,8 +14,6 @@ import grpc
 import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from scribe_harness import FIXTURES
-from scribe_harness import submit as harness_submit
 
 from scribe.v1 import (
     glossary_pb2,
@@ -24,6 +22,8 @@ from scribe.v1 import (
     results_pb2,
     transcript_pb2,
 )
+from scribe_harness import FIXTURES
+from scribe_harness import submit as harness_submit
 from scribe_libs.errors import error_info
 from scribe_libs.glossaries import MAX_PATTERN_CHARS
 

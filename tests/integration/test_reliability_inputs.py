@@ -23,9 +23,9 @@ import grpc
 import numpy as np
 import pytest
 from google.rpc import error_details_pb2
-from scribe_harness import FIXTURES, create_job_requests, job_spec, submit, wait_for
 
 from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, streaming_pb2
+from scribe_harness import FIXTURES, create_job_requests, job_spec, submit, wait_for
 from scribe_libs.errors import error_info, status_details
 
 S = jobs_pb2.JobState

@@ -12,7 +12,6 @@ import time
 
 import grpc
 import pytest
-from scribe_harness import FIXTURES
 
 from scribe.v1 import (
     glossary_pb2,
@@ -26,6 +25,7 @@ from scribe.v1 import (
     transcriber_pb2_grpc,
 )
 from scribe_cli.stream import call_requests, load_call_audio
+from scribe_harness import FIXTURES
 from scribe_libs.errors import error_info, status_details
 
 SPEECH = FIXTURES / "speech_en.wav"
@@ -223,9 +223,8 @@ def test_one_key_holds_at_most_its_session_quota(stack):
 
 def test_source_uri_is_restricted_to_the_owners_prefixes(stack):
     """Before: any key read any bucket but scribe's own, and NOT_FOUND vs success told existence."""
-    from scribe_harness import FIXTURES, submit
-
     from scribe.v1 import ingest_pb2_grpc
+    from scribe_harness import FIXTURES, submit
     from scribe_libs.objectstore import LocalStore
 
     name = "ingest-sources"

@@ -13,10 +13,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from scribe_harness import FIXTURES, SHARED_DATA, wer
 
 from scribe.v1 import jobs_pb2, results_pb2, results_pb2_grpc, streaming_pb2, streaming_pb2_grpc, transcript_pb2
 from scribe_cli.stream import call_requests, load_call_audio
+from scribe_harness import FIXTURES, SHARED_DATA, wer
 from scribe_libs.callaudio import encode_linear16
 from scribe_libs.errors import error_info
 

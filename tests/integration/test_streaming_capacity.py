@@ -17,7 +17,6 @@ import grpc
 import numpy as np
 import pytest
 from google.rpc import error_details_pb2
-from scribe_harness import FIXTURES, wer
 
 from scribe.v1 import (
     jobs_pb2,
@@ -30,6 +29,7 @@ from scribe.v1 import (
     transcript_pb2,
 )
 from scribe_cli.stream import call_requests, load_call_audio
+from scribe_harness import FIXTURES, wer
 from scribe_libs.callaudio import encode_linear16
 from scribe_libs.errors import error_info, status_details
 

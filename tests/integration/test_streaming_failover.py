@@ -10,10 +10,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-from scribe_harness import FIXTURES, SHARED_DATA, wer
 
 from scribe.v1 import streaming_pb2, streaming_pb2_grpc
 from scribe_cli.stream import call_requests, load_call_audio
+from scribe_harness import FIXTURES, SHARED_DATA, wer
 
 JFK = SHARED_DATA / "jfk.flac"
 JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."

@@ -5,6 +5,11 @@ Default thresholds are Whisper's own (openai/whisper ``transcribe()`` and faster
 ``compression_ratio_threshold=2.4``. Whisper uses them to retry at a higher temperature or drop a
 window as silence; here a segment that crosses one is kept and flagged for a reader. The word
 threshold 0.5 and the 20 % share are this project's choice, not Whisper's.
+
+``POSSIBLE_HALLUCINATION`` is not a score threshold: the hallucination guard
+(:mod:`scribe_libs.textproc.hallucination`) raises it on a segment that is a known Whisper stock
+phrase ("Thank you for watching", "시청해 주셔서 감사합니다") but whose signals do not say "no
+speech", so it is kept for a reader to judge (with the signals saying "no speech" it is dropped).
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ class FlagReason(enum.StrEnum):
     HIGH_NO_SPEECH = "HIGH_NO_SPEECH"
     HIGH_COMPRESSION_RATIO = "HIGH_COMPRESSION_RATIO"
     LOW_WORD_PROBABILITY = "LOW_WORD_PROBABILITY"
+    #: The segment is a known hallucination phrase kept because its signals allowed speech
+    #: (see :mod:`scribe_libs.textproc.hallucination`); always listed after the score flags.
+    POSSIBLE_HALLUCINATION = "POSSIBLE_HALLUCINATION"
 
 
 class FlagThresholds(BaseModel):

@@ -1,4 +1,4 @@
-"""The whole text pass over a transcript's segments: glossary -> rules -> redaction -> flags.
+"""The whole text pass over a transcript's segments: glossary -> rules -> redaction -> flags -> hallucination guard.
 
 Why this order:
 
@@ -12,8 +12,20 @@ Why this order:
    ``raw_text`` is kept in the transcript and must not hold clear text either. The final
    redaction pass then only catches what rules may have reshaped into a number; its spans are
    redacted in ``raw_text`` as well and the other corrections' offsets moved to match.
-4. Flags last: they describe the decoder's confidence (scores, not text) and are attached to the
+4. Flags: they describe the decoder's confidence (scores, not text) and are attached to the
    final segments and words.
+5. Hallucination guard last (opt-in, :mod:`scribe_libs.textproc.hallucination`): a segment that
+   is a known Whisper stock phrase ("Thank you for watching", "시청해 주셔서 감사합니다") is
+   dropped when its signals say no speech, or else flagged ``POSSIBLE_HALLUCINATION``. It is
+   matched on the decoded text and runs after the other stages so that a drop can be recorded
+   with the segment's kept ``raw_text`` (redacted when redaction is on: no clear text survives in
+   the record either). A dropped segment leaves ``segments``; its id is in
+   ``ProcessedTranscript.dropped``, the corrections the earlier stages made to it are discarded,
+   and one rule correction replaces them: span ``0..len(raw_text)``, ``original`` = the raw text,
+   ``replacement`` = "", ``rule_id`` = ``hallucination:<phrase id>``, ``detail`` = the signal
+   that decided (``{"reason": "no_speech_prob 0.94 > 0.6"}``). A transcript mapped with
+   ``convert.apply_processed`` must then leave out the dropped segments first (the postprocess
+   service does).
 
 Corrections' offsets refer to the segment's kept ``raw_text`` (code points). With redaction, a
 redaction correction spans the placeholder in ``raw_text`` and carries no ``original``; any
@@ -35,8 +47,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from scribe_libs.textproc.edits import EditBuffer
-from scribe_libs.textproc.flags import FlagSummary, FlagThresholds, flag_summary, segment_flags, word_flags
+from scribe_libs.textproc.flags import (
+    FlagReason,
+    FlagSummary,
+    FlagThresholds,
+    flag_summary,
+    segment_flags,
+    word_flags,
+)
 from scribe_libs.textproc.glossary import GlossaryMatcher
+from scribe_libs.textproc.hallucination import HallucinationGuard
 from scribe_libs.textproc.models import Correction, CorrectionKind, Glossary, Rule, TextSegment, TextWord
 from scribe_libs.textproc.redaction import redact_text, redaction_edits
 from scribe_libs.textproc.rules import CompiledRule, compile_rules
@@ -86,16 +106,19 @@ class ProcessedTranscript:
     """Result of :func:`process`.
 
     Attributes:
-        segments: In input order.
-        corrections: Every change, by segment then stage order.
-        flag_summary: Flag counts for the job record.
+        segments: In input order, without the dropped ones.
+        corrections: Every change, by segment then stage order (a dropped segment's only
+            correction is its ``hallucination:<id>`` record).
+        flag_summary: Flag counts for the job record (over the kept segments).
         redacted: Whether redaction ran.
+        dropped: Ids of the segments the hallucination guard removed, in input order.
     """
 
     segments: tuple[ProcessedSegment, ...]
     corrections: tuple[Correction, ...]
     flag_summary: FlagSummary
     redacted: bool
+    dropped: tuple[int, ...] = ()
 
 
 def align_words(text: str, words: Sequence[str]) -> list[int] | None:
@@ -175,6 +198,8 @@ class TextPipeline:
         rules: Global rules, run after the glossaries' rules.
         thresholds: Flag thresholds; Whisper's defaults when None.
         redact: Redact phone, card, e-mail and RRN (opt-in).
+        hallucination: The hallucination guard (stage 5); None skips it, so no segment is ever
+            dropped (what the transcriber's and the stream gateway's uses rely on).
 
     Raises:
         InvalidArgument: A bad term or rule (``INVALID_GLOSSARY`` / ``INVALID_RULE``).
@@ -186,6 +211,7 @@ class TextPipeline:
         rules: Sequence[Rule] = (),
         thresholds: FlagThresholds | None = None,
         redact: bool = False,
+        hallucination: HallucinationGuard | None = None,
     ):
         self.matcher = GlossaryMatcher(glossaries)
         self.rules: list[CompiledRule] = []
@@ -194,6 +220,7 @@ class TextPipeline:
         self.rules += compile_rules(rules)
         self.thresholds = thresholds or FlagThresholds()
         self.redact = redact
+        self.hallucination = hallucination
 
     def _redact_raw(self, segment: TextSegment) -> tuple[EditBuffer, list[Correction]]:
         buffer = EditBuffer(segment.text, segment.id)
@@ -286,11 +313,34 @@ class TextPipeline:
         """Process a transcript's segments (see the module docstring for the order)."""
         out: list[ProcessedSegment] = []
         corrections: list[Correction] = []
+        dropped: list[int] = []
         for segment in segments:
             processed, segment_corrections = self.process_segment(segment)
+            verdict = (
+                self.hallucination.check(segment.text, segment.no_speech_prob, segment.avg_logprob)
+                if self.hallucination is not None
+                else None
+            )
+            if verdict is not None and verdict.drop:
+                dropped.append(segment.id)
+                corrections.append(
+                    Correction(
+                        segment_id=segment.id,
+                        start=0,
+                        end=len(processed.raw_text),
+                        original=processed.raw_text,
+                        replacement="",
+                        rule_id=f"hallucination:{verdict.phrase_id}",
+                        kind=CorrectionKind.RULE,
+                        detail={"reason": verdict.reason},
+                    )
+                )
+                continue
+            if verdict is not None:
+                processed = replace(processed, flags=(*processed.flags, FlagReason.POSSIBLE_HALLUCINATION.value))
             out.append(processed)
             corrections += segment_corrections
-        return ProcessedTranscript(tuple(out), tuple(corrections), flag_summary(out), self.redact)
+        return ProcessedTranscript(tuple(out), tuple(corrections), flag_summary(out), self.redact, tuple(dropped))
 
 
 def process(
@@ -299,9 +349,10 @@ def process(
     rules: Sequence[Rule] = (),
     thresholds: FlagThresholds | None = None,
     redact: bool = False,
+    hallucination: HallucinationGuard | None = None,
 ) -> ProcessedTranscript:
     """One-shot :class:`TextPipeline` run; see it for arguments and errors."""
-    return TextPipeline(glossaries, rules, thresholds, redact).process(segments)
+    return TextPipeline(glossaries, rules, thresholds, redact, hallucination).process(segments)
 
 
 __all__ = [

@@ -6,6 +6,7 @@ from pydantic import Field
 
 from scribe_libs.config import ServiceSettings, service_config
 from scribe_libs.tempdirs import default_base
+from scribe_libs.textproc.postcorrection import ModeName, check_allowed
 
 
 class Settings(ServiceSettings):
@@ -42,3 +43,19 @@ class Settings(ServiceSettings):
         "spooled while they stream in (one sub-directory per upload, removed when the call ends); cleared at "
         "start of what no running instance holds (files a killed instance left behind).",
     )
+    post_correction_allowed: list[ModeName] = Field(
+        default_factory=lambda: ["off"],
+        description="Post-correction modes (RecognitionConfig.post_correction: off, flagged, all) a job may ask "
+        "for; off and unspecified are always accepted, another mode not listed is refused at CreateJob with "
+        "FAILED_PRECONDITION (reason POST_CORRECTION_NOT_ALLOWED). Must match postprocess's "
+        "SCRIBE_POSTPROCESS_POST_CORRECTION_ALLOWED, and stay ['off'] where postprocess has no LLM endpoint.",
+    )
+
+    def check_post_correction(self, value: int) -> None:
+        """Refuse a job's ``RecognitionConfig.post_correction`` this deployment does not allow.
+
+        Raises:
+            FailedPrecondition: ``POST_CORRECTION_NOT_ALLOWED`` (metadata ``post_correction``, ``allowed``).
+            InvalidArgument: ``INVALID_POST_CORRECTION`` for an unknown value.
+        """
+        check_allowed(value, self.post_correction_allowed)

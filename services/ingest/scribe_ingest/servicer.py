@@ -41,9 +41,8 @@ from pathlib import Path
 
 import grpc
 
-from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2
+from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, transcript_pb2
 from scribe_ingest.config import Settings
-from scribe_ingest.routing import route
 from scribe_libs import bus as busmod
 from scribe_libs import metrics
 from scribe_libs.audio import header_duration, probe
@@ -54,8 +53,10 @@ from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, JobStore, RequestClai
 from scribe_libs.limits import MAX_CHANNELS, check_job_spec, is_truncated, truncated_message
 from scribe_libs.logs import job_context
 from scribe_libs.objectstore import ObjectNotFound, ObjectStore, open_store, parse_uri
-from scribe_libs.queue import live_profiles, pool_rtf, queue_depth
+from scribe_libs.queue import DEFAULT_RTF, PoolLedger, queue_depth
 from scribe_libs.recognition import validate_config
+from scribe_libs.registry import WorkerRegistry
+from scribe_libs.scheduler import route
 from scribe_libs.server import GrpcServer, start_grpc_server
 from scribe_libs.tempdirs import OwnedTempDir
 
@@ -84,9 +85,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
     """Implements scribe.v1.Ingest."""
 
     def __init__(
-        self, settings: Settings, bus: busmod.Bus, store: ObjectStore, temp: OwnedTempDir | None = None
+        self,
+        settings: Settings,
+        bus: busmod.Bus,
+        store: ObjectStore,
+        temp: OwnedTempDir | None = None,
+        registry: WorkerRegistry | None = None,
     ):
         self.settings = settings
+        self.registry = registry or WorkerRegistry(bus.workers, bus)
+        self.ledger = PoolLedger(bus)
         self.temp = temp or OwnedTempDir(settings.upload_dir, "ingest").open()
         self.bus = bus
         self.jobs = JobStore(bus)
@@ -117,9 +125,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         spec.CopyFrom(first.spec)
         check_job_spec(spec)  # before anything echoes a field back or stores it
         spec.config.CopyFrom(validate_config(spec.config, self.settings.default_model))
+        self.settings.check_post_correction(spec.config.post_correction)  # at once, before the upload
         # Glossary terms bias decoding; ids are pinned to id@version for post-processing.
         await apply_glossaries(self.glossaries, spec)
-        pool = await route(self.bus, self.settings, spec.config.model)
+        # Before the upload: refuse a model no pool serves, or a full queue, at once. The job's
+        # own length is known once it is probed; _create routes again with it.
+        pool = (await route(self.registry, self.ledger, self.settings.pools, spec.config.model)).pool
         await self._check_queue(pool)
 
         job_id = new_job_id()
@@ -187,6 +198,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             info = await asyncio.to_thread(probe, path)
             self._check_duration(info.duration)
             await self._check_shape(path, info.duration, info.channels)
+            _check_channel_roles(spec.config, info.channels)
+            decision = await route(self.registry, self.ledger, self.settings.pools, spec.config.model, info.duration)
+            if decision.pool != pool:
+                await self._check_queue(decision.pool)
+                pool = decision.pool
             key = audio_key(job_id)
             await self.store.put_file(AUDIO_BUCKET, key, path)
         job = jobs_pb2.Job(
@@ -199,12 +215,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             audio_key=key,
             owner=owner,
         )
-        created = False
+        created = ticketed = False
         try:
+            job.queue_ticket.CopyFrom(await self.ledger.enqueue(pool, info.duration))
+            ticketed = True
             await self.jobs.create(job)
             created = True
             task = jobs_pb2.TranscribeTask(
-                job_id=job_id, audio_key=key, config=spec.config, audio_duration=info.duration
+                job_id=job_id, audio_key=key, config=spec.config, audio_duration=info.duration,
+                queue_ticket=job.queue_ticket,
             )
             seq = await self.bus.publish(busmod.jobs_subject(pool), task)
         except BaseException:
@@ -212,6 +231,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             await self.store.delete(AUDIO_BUCKET, key)
             if created:
                 await self.jobs.delete(job_id)
+            if ticketed:  # the job never reaches a worker: count it out of the pool again
+                await self.ledger.done(pool, info.duration)
             raise
 
         def set_seq(record: jobs_pb2.Job) -> None:
@@ -263,9 +284,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         depth = await queue_depth(self.bus, pool)
         if depth < self.settings.max_queue_depth:
             return
-        profiles = await live_profiles(self.bus.workers, pool)
+        totals = self.registry.totals(pool)
         excess = depth - self.settings.max_queue_depth + 1
-        retry = max(1.0, excess * NOMINAL_JOB_SECONDS * pool_rtf(profiles) / max(len(profiles), 1))
+        retry = max(1.0, excess * NOMINAL_JOB_SECONDS * totals.rtf(DEFAULT_RTF) / max(totals.live, 1))
         raise ResourceExhausted(
             "QUEUE_FULL",
             f"pool {pool} has {depth} jobs waiting (limit {self.settings.max_queue_depth}); retry later",
@@ -337,6 +358,21 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
         return info.size
 
 
+def _check_channel_roles(config: transcript_pb2.RecognitionConfig, channels: int) -> None:
+    """With per-channel recognition, one role per channel of the audio (or none: "ch0", "ch1", ...).
+
+    Raises:
+        InvalidArgument: ``CHANNEL_ROLES_MISMATCH`` (field ``spec.config.channel_roles``), as the
+            stream gateway refuses a session whose roles do not match its channels.
+    """
+    roles = len(config.channel_roles)
+    if roles and roles != channels:
+        raise InvalidArgument(
+            "CHANNEL_ROLES_MISMATCH", f"{roles} channel_roles for audio with {channels} channel(s)",
+            field="spec.config.channel_roles", metadata={"channels": str(channels), "roles": str(roles)},
+        )
+
+
 def source_allowed(principal, bucket: str, key: str, prefixes: dict[str, list[str]]) -> bool:  # noqa: ANN001
     """Whether ``principal`` may read ``bucket/key`` as a job's source_uri.
 
@@ -361,12 +397,14 @@ async def create_server(settings: Settings) -> GrpcServer:
     store = open_store(settings.store)
     await store.ensure_bucket(AUDIO_BUCKET)
     temp = OwnedTempDir(settings.upload_dir, "ingest").open()  # clears what a killed instance left
-    servicer = IngestServicer(settings, bus, store, temp)
+    registry = await WorkerRegistry(bus.workers, bus).start()
+    servicer = IngestServicer(settings, bus, store, temp, registry)
     server = await start_grpc_server(
         settings,
         lambda s: ingest_pb2_grpc.add_IngestServicer_to_server(servicer, s),
         [ingest_pb2.DESCRIPTOR.services_by_name["Ingest"].full_name],
     )
+    server.on_stop.append(registry.stop)
     server.on_stop.append(bus.close)
 
     async def close_temp() -> None:

@@ -1,4 +1,10 @@
-"""The optional LLM pass: correct flagged segments, write a summary (OpenAI chat-completions API).
+"""The optional LLM pass: correct segments, write a summary (OpenAI chat-completions API).
+
+Which segments a job sends is its post-correction mode (``RecognitionConfig.post_correction``,
+resolved by :func:`scribe_libs.textproc.postcorrection.resolve`): ``flagged`` sends the segments
+that carry a confidence flag, ``all`` every non-empty segment; ``off`` runs nothing (the caller
+does not call :func:`run_llm_pass`). The summary (``llm.summary``) is written only for jobs
+whose mode is not ``off``.
 
 Egress rules (DESIGN.md, "Security"): off unless ``llm.enabled``; a call goes out only when the
 configured endpoint is on ``llm.allowed_endpoints``; each call is logged on the ``scribe.audit``
@@ -144,9 +150,9 @@ def _plausible(before: str, after: str) -> bool:
 
 
 async def run_llm_pass(
-    client: LlmClient, transcript: transcript_pb2.Transcript, terms: list[str], redact: bool
+    client: LlmClient, transcript: transcript_pb2.Transcript, terms: list[str], redact: bool, mode: str = "flagged"
 ) -> None:
-    """Correct flagged segments and/or summarise, in place; failures become notes.
+    """Correct the job's segments (``mode`` "flagged" or "all") and/or summarise, in place; failures become notes.
 
     A corrected segment gets a ``CORRECTION_KIND_LLM`` correction spanning its whole
     ``raw_text`` with ``original`` = the text before the LLM pass and ``rule_id`` =
@@ -156,38 +162,42 @@ async def run_llm_pass(
     settings = client.settings
     model = settings.model
     job_id = transcript.job_id
-    if settings.correct_flagged:
-        flagged = [s for s in transcript.segments if s.flags and s.text.strip()]
-        system = CORRECTION_PROMPT.format(terms=", ".join(terms) or "(none)")
-        for segment in flagged[: settings.max_segments]:
-            try:
-                answer = await client.chat(job_id, "correct_segment", system, segment.text.strip())
-            except LlmError as exc:
-                log.warning("llm correction failed; segments left as post-processed: %s", exc)
-                transcript.notes.append(f"llm: correction failed ({exc}); flagged segments left uncorrected")
-                if settings.summary:
-                    transcript.notes.append("llm: summary not attempted after the failure")
-                return
-            if redact:
-                answer, _ = redact_text(answer)
-            leading = segment.text[: len(segment.text) - len(segment.text.lstrip())]
-            before = segment.text.strip()
-            if answer == before:
-                continue
-            if not _plausible(before, answer):
-                transcript.notes.append(f"llm: answer for segment {segment.id} rejected as implausible; left as is")
-                continue
-            transcript.corrections.append(
-                transcript_pb2.Correction(
-                    segment_id=segment.id, start=0, end=len(segment.raw_text), original=segment.text,
-                    replacement=leading + answer, rule_id=f"llm:{model}", kind=transcript_pb2.CORRECTION_KIND_LLM,
-                )
+    if mode not in ("flagged", "all"):
+        raise ValueError(f"unknown post-correction mode {mode!r}")
+    # Correction, then the summary.
+    chosen = [s for s in transcript.segments if (mode == "all" or s.flags) and s.text.strip()]
+    system = CORRECTION_PROMPT.format(terms=", ".join(terms) or "(none)")
+    for segment in chosen[: settings.max_segments]:
+        try:
+            answer = await client.chat(job_id, "correct_segment", system, segment.text.strip())
+        except LlmError as exc:
+            log.warning("llm correction failed; segments left as post-processed: %s", exc)
+            which = "flagged segments" if mode == "flagged" else "segments"
+            transcript.notes.append(f"llm: correction failed ({exc}); {which} left uncorrected")
+            if settings.summary:
+                transcript.notes.append("llm: summary not attempted after the failure")
+            return
+        if redact:
+            answer, _ = redact_text(answer)
+        leading = segment.text[: len(segment.text) - len(segment.text.lstrip())]
+        before = segment.text.strip()
+        if answer == before:
+            continue
+        if not _plausible(before, answer):
+            transcript.notes.append(f"llm: answer for segment {segment.id} rejected as implausible; left as is")
+            continue
+        transcript.corrections.append(
+            transcript_pb2.Correction(
+                segment_id=segment.id, start=0, end=len(segment.raw_text), original=segment.text,
+                replacement=leading + answer, rule_id=f"llm:{model}", kind=transcript_pb2.CORRECTION_KIND_LLM,
             )
-            segment.text = leading + answer
-        if len(flagged) > settings.max_segments:
-            transcript.notes.append(
-                f"llm: only the first {settings.max_segments} of {len(flagged)} flagged segments were sent"
-            )
+        )
+        segment.text = leading + answer
+    if len(chosen) > settings.max_segments:
+        transcript.notes.append(
+            f"llm: only the first {settings.max_segments} of {len(chosen)} "
+            f"{'flagged ' if mode == 'flagged' else ''}segments were sent"
+        )
     if settings.summary:
         text = "\n".join(s.text.strip() for s in transcript.segments if s.text.strip())[: settings.max_summary_chars]
         if not text:

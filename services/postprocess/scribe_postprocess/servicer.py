@@ -4,7 +4,8 @@ Consumes ``scribe.postprocess`` (work-queue stream SCRIBE_POSTPROCESS) with the 
 consumer ``postprocess`` (:data:`scribe_libs.bus.POSTPROCESS_CONSUMER`). For each message: read
 ``<job_id>/raw.json`` from ``scribe-results``, run the text pass
 (:mod:`scribe_postprocess.transform`: pinned glossaries, global rules, redaction when
-``spec.redact``, confidence flags, optional LLM pass), write
+``spec.redact``, confidence flags, hallucination guard, the LLM pass in the job's post-correction
+mode), write
 ``<job_id>/transcript.{json,txt,srt,vtt}`` (post-processed) and ``<job_id>/raw.{txt,srt,vtt}``
 (as decoded, beside raw.json; ``GetTranscript(raw=true)`` serves them), each with its content type
 from :mod:`scribe_libs.formats`, then mark the job COMPLETED (compare-and-set) and ack. A
@@ -156,6 +157,11 @@ async def create_server(settings: Settings) -> GrpcServer:
                 settings.llm.endpoint,
             )
         llm = LlmClient(settings.llm)
+    elif set(settings.post_correction_allowed) - {"off"}:
+        log.warning(
+            "post_correction_allowed lists %s but llm.enabled is false: jobs asking for them complete without the pass",
+            sorted(set(settings.post_correction_allowed) - {"off"}),
+        )
     server = await start_grpc_server(settings, lambda s: None, [])
     processor = Postprocessor(settings, bus, store, rules, llm)
     loop_task = asyncio.create_task(processor.run())

@@ -163,3 +163,99 @@ def test_endpoint_normalisation():
     assert normalize_endpoint("HTTP://LocalHost/v1/") == "http://localhost:80/v1"
     assert normalize_endpoint("https://api.example.com/v1") == "https://api.example.com:443/v1"
     assert normalize_endpoint("ftp://x/v1") == "" and normalize_endpoint("not a url") == ""
+
+
+# --- Per-job post-correction mode (RecognitionConfig.post_correction) through postprocess_transcript ---
+
+from scribe.v1 import jobs_pb2  # noqa: E402
+from scribe_postprocess.config import Settings  # noqa: E402
+from scribe_postprocess.transform import postprocess_transcript  # noqa: E402
+
+PC = transcript_pb2.PostCorrection
+ALL_MODES = ["off", "flagged", "all"]
+
+
+def raw_transcript() -> transcript_pb2.Transcript:
+    """A decoded transcript: one low-confidence segment, one confident, one stock phrase from silence."""
+    return transcript_pb2.Transcript(
+        job_id="job-2",
+        segments=[
+            transcript_pb2.Segment(id=0, start=0, end=2, text=" We serve it with V-N-R-M.", avg_logprob=-1.3),
+            transcript_pb2.Segment(id=1, start=2, end=4, text=" V-N-R-M runs on Kubernetes.", avg_logprob=-0.2),
+            transcript_pb2.Segment(id=2, start=8, end=10, text=" Thank you for watching!", no_speech_prob=0.95,
+                                   avg_logprob=-0.6),
+        ],
+    )
+
+
+async def postprocess(server_url: str | None, mode: int, **settings_kw) -> transcript_pb2.Transcript:
+    values = {"post_correction_allowed": ALL_MODES}
+    values.update(settings_kw)
+    config = Settings(**values)
+    config_message = transcript_pb2.RecognitionConfig(post_correction=mode)
+    job = jobs_pb2.Job(job_id="job-2", spec=jobs_pb2.JobSpec(config=config_message))
+    client = LlmClient(settings(server_url, summary=False)) if server_url else None
+    try:
+        return await postprocess_transcript(raw_transcript(), job, None, config, [], client)
+    finally:
+        if client is not None:
+            await client.close()
+
+
+def sent(server) -> list[str]:
+    return [r["messages"][-1]["content"] for r in server.requests]
+
+
+async def test_mode_off_sends_nothing(server):
+    t = await postprocess(server.url, PC.POST_CORRECTION_OFF)
+    assert server.requests == []
+    assert [s.text for s in t.segments] == [" We serve it with V-N-R-M.", " V-N-R-M runs on Kubernetes."]
+    assert not [n for n in t.notes if n.startswith("llm:")]
+
+
+async def test_mode_flagged_sends_only_the_flagged_segments(server):
+    t = await postprocess(server.url, PC.POST_CORRECTION_FLAGGED)
+    assert sent(server) == ["We serve it with V-N-R-M."]
+    assert [s.text for s in t.segments] == [" We serve it with vLLM.", " V-N-R-M runs on Kubernetes."]
+
+
+async def test_mode_all_sends_every_kept_segment(server):
+    t = await postprocess(server.url, PC.POST_CORRECTION_ALL)
+    # The stock phrase decoded from silence was dropped before the pass: never sent.
+    assert sent(server) == ["We serve it with V-N-R-M.", "V-N-R-M runs on Kubernetes."]
+    assert [s.text for s in t.segments] == [" We serve it with vLLM.", " vLLM runs on Kubernetes."]
+    assert [c.segment_id for c in t.corrections if c.kind == transcript_pb2.CORRECTION_KIND_LLM] == [0, 1]
+    (drop,) = [c for c in t.corrections if c.rule_id.startswith("hallucination:")]
+    assert (drop.segment_id, drop.original, drop.replacement, drop.kind) == (
+        2, " Thank you for watching!", "", transcript_pb2.CORRECTION_KIND_RULE)
+
+
+@pytest.mark.parametrize(
+    ("default", "expected"),
+    [("off", []), ("flagged", ["We serve it with V-N-R-M."]),
+     ("all", ["We serve it with V-N-R-M.", "V-N-R-M runs on Kubernetes."])],
+)
+async def test_unspecified_takes_the_deployment_default(server, default, expected):
+    await postprocess(server.url, PC.POST_CORRECTION_UNSPECIFIED, post_correction_default=default)
+    assert sent(server) == expected
+
+
+async def test_a_mode_the_deployment_does_not_allow_is_skipped_and_the_job_completes(server, caplog):
+    caplog.set_level(logging.WARNING)
+    t = await postprocess(server.url, PC.POST_CORRECTION_ALL, post_correction_allowed=["off", "flagged"])
+    assert server.requests == []
+    assert [s.text for s in t.segments] == [" We serve it with V-N-R-M.", " V-N-R-M runs on Kubernetes."]
+    assert any("'all' is not allowed" in n and "off, flagged" in n for n in t.notes), t.notes
+    assert any("llm pass skipped" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_mode_without_an_llm_endpoint_is_skipped_with_a_note():
+    t = await postprocess(None, PC.POST_CORRECTION_FLAGGED)
+    assert any("no LLM endpoint is configured" in n for n in t.notes), t.notes
+    assert len(t.segments) == 2
+
+
+def test_the_default_mode_must_be_allowed():
+    with pytest.raises(ValueError, match="post_correction_default"):
+        Settings(post_correction_default="all", post_correction_allowed=["off", "flagged"])
+    assert Settings().post_correction_allowed == ["off"] and Settings().post_correction_default == "off"

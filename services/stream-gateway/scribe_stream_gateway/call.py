@@ -231,6 +231,7 @@ class CallSession:
         async def decode(audio: np.ndarray, prompt: str, final: bool) -> list[Word]:
             request = transcriber_pb2.DecodeRequest(
                 audio=encode_linear16(audio), prompt=prompt, language=self.options.language,
+                allowed_languages=self.options.allowed_languages,
                 model=self.options.model, word_timestamps=True, hotwords=hotwords, session_id=session_id,
                 priority=transcriber_pb2.DECODE_PRIORITY_FINAL if final else transcriber_pb2.DECODE_PRIORITY_INTERIM,
             )

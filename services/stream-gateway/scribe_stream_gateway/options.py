@@ -8,7 +8,7 @@ from scribe.v1 import streaming_pb2, transcript_pb2
 from scribe_libs.callaudio import AudioEncoding, encoding_from_proto, validate_format
 from scribe_libs.errors import InvalidArgument
 from scribe_libs.limits import check_streaming_config
-from scribe_libs.recognition import validate_config
+from scribe_libs.recognition import language_code, validate_config
 from scribe_stream_gateway.config import Settings
 
 #: Endpointing silence bounds, ms: below 100 ms a breath ends an utterance; above 5 s the caller
@@ -28,7 +28,8 @@ class SessionOptions:
         sample_rate: Hz.
         channels: 1 or 2.
         roles: One label per channel ("" when none was given).
-        language: ISO 639-1 code, "" for auto.
+        language: Whisper language code, "" for auto.
+        allowed_languages: Whisper codes detection may choose from (empty: any).
         model: Model name, "" for each worker's realtime model.
         hotwords: Bias terms.
         endpointing_ms: Silence that ends an utterance.
@@ -46,6 +47,7 @@ class SessionOptions:
     endpointing_ms: int
     max_session_seconds: float
     config: streaming_pb2.StreamingConfig = field(compare=False)
+    allowed_languages: tuple[str, ...] = ()
 
     @property
     def interim_results(self) -> bool:
@@ -97,6 +99,7 @@ def validate_streaming_config(config: streaming_pb2.StreamingConfig, settings: S
     model = config.model.strip() or settings.default_model
     recognition = transcript_pb2.RecognitionConfig(
         language=config.language, model=model or "large-v3", hotwords=config.hotwords,
+        allowed_languages=config.allowed_languages,
     )
     # "large-v3" only stands in for "the worker's realtime model" so the language is checked.
     checked = validate_config(recognition, settings.default_model or "large-v3", field="config")
@@ -105,10 +108,11 @@ def validate_streaming_config(config: streaming_pb2.StreamingConfig, settings: S
         sample_rate=config.sample_rate_hertz,
         channels=channels,
         roles=roles or tuple("" for _ in range(channels)),
-        language=checked.language,
+        language=language_code(checked.language),  # the decoder's code; the call's tag stays in config
         model=model,
         hotwords=tuple(checked.hotwords),
         endpointing_ms=endpointing,
         max_session_seconds=min(requested, limit) if requested else limit,
         config=config,
+        allowed_languages=tuple(language_code(tag) for tag in checked.allowed_languages),
     )

@@ -59,6 +59,7 @@ from scribe_libs.glossaries import GlossaryStore
 from scribe_libs.jobs import AUDIO_BUCKET, RESULTS_BUCKET, new_job_id
 from scribe_libs.logs import job_context
 from scribe_libs.objectstore import ObjectStore, open_store
+from scribe_libs.registry import WorkerRegistry
 from scribe_libs.server import GrpcServer, start_grpc_server
 from scribe_libs.tempdirs import OwnedTempDir
 from scribe_stream_gateway.call import CallSession
@@ -313,7 +314,8 @@ async def create_server(settings: Settings) -> GrpcServer:
     await store.ensure_bucket(AUDIO_BUCKET)
     await store.ensure_bucket(RESULTS_BUCKET, expiry_days=settings.retention_days)
     vad_session = await asyncio.to_thread(load_silero_session)
-    workers = WorkerPool(bus, settings)
+    registry = await WorkerRegistry(bus.workers, bus).start()
+    workers = WorkerPool(bus, settings, registry)
     temp = OwnedTempDir(settings.temp_dir, "stream-gateway").open()  # clears what a killed gateway left
     servicer = StreamGatewayServicer(settings, bus, store, workers, vad_session, temp=temp)
     server = await start_grpc_server(
@@ -324,6 +326,7 @@ async def create_server(settings: Settings) -> GrpcServer:
 
     async def stop() -> None:
         await workers.close()
+        await registry.stop()
         await bus.close()
         temp.close()
 

@@ -40,6 +40,18 @@ class Settings(ServiceSettings):
         "running worker holds (a killed worker's files) is removed.",
     )
     batch_size: int = Field(8, description="Chunks decoded together by the batched pipeline.")
+    max_concurrent_jobs: int = Field(
+        0, ge=0,
+        description="Batch jobs this worker runs at once; 0 = derived at start from the device's memory "
+        "(scribe_libs.devices.job_slots: free memory after the models and live windows / (batch_size x window "
+        "+ one call's workspace), at most 8; on CPU also one per replica and per 4 cores).",
+    )
+    piece_seconds: float = Field(
+        600.0, ge=30.0, description="A batch job's audio is decoded and transcribed in pieces of at most this many "
+        "seconds (rounded up to whole 30 s windows; each ends at a pause found by VAD in its last minute), so a "
+        "job's memory does not grow with the file: ~64 kB per second of a piece (38 MB for 600 s) plus the "
+        "features of its speech. Smaller pieces save memory and leave more part-filled batches (one per piece)."
+    )
     model_store: ModelSettings = Field(default_factory=ModelSettings, description="Where models come from.")
     ack_wait_seconds: float = Field(
         60.0, description="JetStream ack wait; in_progress() is sent every third of it while a job runs."

@@ -112,6 +112,8 @@ MAX_DECODE_PROMPT_CHARS = PROMPT_CHARS
 #: never exceeds these.
 MAX_DECODE_HOTWORDS = MAX_HOTWORDS
 MAX_DECODE_HOTWORDS_CHARS = MAX_PROMPT_CHARS
+#: Languages a Decode may restrict detection to (the gateway validates against limits.MAX_ALLOWED_LANGUAGES).
+MAX_DECODE_ALLOWED_LANGUAGES = 16
 #: The capacity probe: 7.7 s of espeak-ng speech (a typical streaming window, under the ~10 s the
 #: gateway's buffer trimming keeps windows to).
 PROBE_WAV = Path(__file__).with_name("probe_speech.wav")
@@ -127,6 +129,7 @@ class Window:
         language: ISO 639-1 code; empty detects it (multilingual models) or English (``.en``).
         hotwords: Space-joined terms to bias towards, may be empty.
         word_timestamps: Align words (else only the text is returned).
+        allowed_languages: With ``language`` empty, the codes detection may choose from (empty: any).
     """
 
     audio: np.ndarray
@@ -134,6 +137,7 @@ class Window:
     language: str = ""
     hotwords: str = ""
     word_timestamps: bool = True
+    allowed_languages: tuple[str, ...] = ()
 
 
 @dataclass
@@ -209,9 +213,12 @@ def decode_windows(
     for i, _ in enumerate(windows):
         if not languages[i]:
             # Detect per window on its full-input encoder output (multilingual model, "auto").
+            # Restricted to the window's allowed languages when it names some (ranked best first).
             encoded = model.encode(_input([mels[i]], FULL_FRAMES))
-            lang_token, prob = model.model.detect_language(encoded)[0][0]
-            languages[i], probabilities[i] = lang_token[2:-2], float(prob)
+            ranked = [(t[2:-2], p) for t, p in model.model.detect_language(encoded)[0]]
+            allowed = windows[i].allowed_languages
+            lang, prob = next(((t, p) for t, p in ranked if not allowed or t in allowed), ranked[0])
+            languages[i], probabilities[i] = lang, float(prob)
     tokenizers = {
         lang: Tokenizer(model.hf_tokenizer, multilingual, task="transcribe", language=lang) for lang in set(languages)
     }
@@ -518,6 +525,12 @@ class DecodeScheduler:
             )
         if request.language and request.language not in _LANGUAGE_CODES:
             raise InvalidArgument("UNKNOWN_LANGUAGE", f"unknown language {request.language[:16]!r}", field="language")
+        if len(request.allowed_languages) > MAX_DECODE_ALLOWED_LANGUAGES or any(
+                code not in _LANGUAGE_CODES for code in request.allowed_languages):
+            raise InvalidArgument(
+                "UNKNOWN_LANGUAGE", f"allowed_languages must be at most {MAX_DECODE_ALLOWED_LANGUAGES} Whisper codes",
+                field="allowed_languages",
+            )
         audio = window_samples(request.audio)
         if len(request.session_id) > MAX_SESSION_ID_CHARS:
             raise InvalidArgument(
@@ -532,6 +545,7 @@ class DecodeScheduler:
             audio=audio, prompt=request.prompt, language=request.language,
             hotwords=" ".join(hotwords),
             word_timestamps=request.word_timestamps,
+            allowed_languages=tuple(request.allowed_languages),
         )
         return window, model
 
