@@ -97,7 +97,7 @@ OVERSIZED = [
     ("source-uri", {"source_uri": "s3://calls/" + HUGE}, "spec.source_uri", "2048"),
     ("glossary-id", {"glossary_ids": [HUGE]}, "spec.glossary_ids", "128"),
     ("glossary-ids", {"glossary_ids": [f"g{i}" for i in range(1000)]}, "spec.glossary_ids", "32"),
-    ("language", {"language": HUGE}, "spec.config.language", "16"),
+    ("language", {"language": HUGE}, "spec.config.language", "35"),
     ("hotword", {"hotwords": [HUGE]}, "spec.config.hotwords", "4000"),
     ("hotwords", {"hotwords": [""] * 100_000}, "spec.config.hotwords", "100"),
     ("initial-prompt", {"initial_prompt": HUGE}, "spec.config.initial_prompt", "4000"),
