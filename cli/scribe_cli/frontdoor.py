@@ -45,7 +45,6 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -55,10 +54,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from pydantic import Field
-from pydantic_settings import BaseSettings
 
 from scribe.v1 import glossary_pb2, ingest_pb2, results_pb2, streaming_pb2, transcriber_pb2
-from scribe_libs.config import UnknownSetting, service_config, unknown_variables
+from scribe_libs.config import StrictSettings, service_config
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +97,7 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-class FrontDoorSettings(BaseSettings):
+class FrontDoorSettings(StrictSettings):
     """The front door's settings (environment ``SCRIBE_FRONTDOOR_*``). Durations in seconds.
 
     Raises:
@@ -107,12 +105,6 @@ class FrontDoorSettings(BaseSettings):
     """
 
     model_config = service_config(PREFIX)
-
-    def __init__(self, **values: Any) -> None:
-        unknown = unknown_variables(type(self))
-        if unknown:
-            raise UnknownSetting(unknown, PREFIX)
-        super().__init__(**values)
 
     host: str = Field("127.0.0.1", description="Address the front door binds.")
     port: int = Field(50051, description="gRPC port of the front door; 0 picks a free one (see ready_file).")

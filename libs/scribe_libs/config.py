@@ -108,13 +108,13 @@ def unknown_variables(settings_type: type[BaseSettings], environ: Mapping[str, s
     return sorted(unknown)
 
 
-class ServiceSettings(BaseSettings):
-    """Fields every service has. Ports are TCP ports; 0 binds a free port (tests).
+class StrictSettings(BaseSettings):
+    """Settings that refuse an environment variable with their prefix that names no field.
 
-    Building a service's settings raises :class:`UnknownSetting` (a ``ValueError``) when the
-    environment has a variable with the service's prefix that names no field: a deployment's
-    typo (``SCRIBE_TRANSCRIBER_MODELS_DIR`` for ``..._MODEL_STORE__MODELS_DIR``) stops the
-    service at start, naming the variable, instead of being ignored.
+    Building them raises :class:`UnknownSetting` (a ``ValueError``): a deployment's typo
+    (``SCRIBE_TRANSCRIBER_MODELS_DIR`` for ``..._MODEL_STORE__MODELS_DIR``) stops the process at
+    start, naming the variable, instead of being ignored. The base of every service's settings,
+    and of processes without the services' common fields (the front door, the HTTP gateway).
     """
 
     def __init__(self, **values: Any) -> None:
@@ -122,6 +122,13 @@ class ServiceSettings(BaseSettings):
         if unknown:
             raise UnknownSetting(unknown, str(type(self).model_config.get("env_prefix")))
         super().__init__(**values)
+
+
+class ServiceSettings(StrictSettings):
+    """Fields every service has. Ports are TCP ports; 0 binds a free port (tests).
+
+    Unknown variables with the service's prefix are refused (:class:`StrictSettings`).
+    """
 
     host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
     port: int = Field(0, description="gRPC port; 0 picks a free one (written to ready_file).")

@@ -9,17 +9,14 @@ fields would accept variables that do nothing here); they share its config dict
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
-from pydantic_settings import BaseSettings
 
-from scribe_libs.config import UnknownSetting, service_config, unknown_variables
+from scribe_libs.config import StrictSettings, service_config
 
 PREFIX = "SCRIBE_HTTP_GATEWAY_"
 
 
-class Settings(BaseSettings):
+class Settings(StrictSettings):
     """http-gateway configuration. Sizes in bytes, durations in seconds.
 
     Raises:
@@ -27,12 +24,6 @@ class Settings(BaseSettings):
     """
 
     model_config = service_config(PREFIX)
-
-    def __init__(self, **values: Any) -> None:
-        unknown = unknown_variables(type(self))
-        if unknown:
-            raise UnknownSetting(unknown, PREFIX)
-        super().__init__(**values)
 
     host: str = Field("0.0.0.0", description="Address the HTTP server binds.")
     port: int = Field(8080, description="HTTP port; 0 picks a free one (written to ready_file).")
