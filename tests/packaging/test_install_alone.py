@@ -30,6 +30,9 @@ PACKAGES = {
     "services/transcriber": ("scribe_transcriber", []),
     "cli": ("scribe_cli", ["scribe_transcriber"]),
 }
+#: Other local distributions a package depends on (installed beside it, as make install does),
+#: with what their build needs: the client library generates its stubs from protos/ at build time.
+LOCAL_DEPENDENCIES = {"cli": (["clients/python"], ["protos"])}
 
 IMPORT_ALL = """
 import importlib, importlib.util, pkgutil, sys
@@ -52,10 +55,14 @@ def _install_and_import(tmp: Path, dist: str) -> tuple[str, int, str]:
     src = venv.with_name(venv.name + "-src")
     shutil.copytree(ROOT / "libs", src / "libs", ignore=ignore)
     shutil.copytree(ROOT / dist, src / dist, ignore=ignore)
+    local, build_inputs = LOCAL_DEPENDENCIES.get(dist, ([], []))
+    for path in (*local, *build_inputs):
+        shutil.copytree(ROOT / path, src / path, ignore=shutil.ignore_patterns(
+            "build", "*.egg-info", "__pycache__", "tests", "_proto"))
     steps = [
         [sys.executable, "-m", "venv", str(venv)],
         [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-         str(src / "libs"), str(src / dist)],
+         str(src / "libs"), *(str(src / path) for path in local), str(src / dist)],
         [str(venv / "bin" / "python"), "-c", IMPORT_ALL, package, *absent],
     ]
     out = ""

@@ -93,7 +93,7 @@ def test_installs_alone_into_a_fresh_venv_and_works(tmp_path):
     sdist_dir = tmp_path / "sdist"
     run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(sdist_dir)!r})"],
         repo / "clients" / "python")
-    (archive,) = sdist_dir.glob("scribe_client-*.tar.gz")
+    (archive,) = sdist_dir.glob("scribe_stt_client-*.tar.gz")
     shutil.rmtree(repo / "protos")
     run([*pip, "install", "--quiet", "--force-reinstall", "--no-deps", str(archive)], tmp_path)
     assert "ok 0.1.0" in run([str(python), "-c", SMOKE], tmp_path)
