@@ -130,7 +130,10 @@ def test_eight_jobs_run_four_at_a_time_each_acked_once(nats_url, tmp_path):
             runner = asyncio.create_task(rig.worker.run())
 
             async def all_decoded() -> bool:
-                return all(s == S.JOB_STATE_POSTPROCESSING for s in (await rig.states(ids)).values())
+                # the record moves to POSTPROCESSING before the worker acks, so wait for the acks too
+                if not all(s == S.JOB_STATE_POSTPROCESSING for s in (await rig.states(ids)).values()):
+                    return False
+                return (await rig.consumer()).num_ack_pending == 0
 
             await rig.wait_for(all_decoded)
             # two rounds of four, never more than four at once
@@ -165,9 +168,12 @@ def test_cancelling_one_running_job_leaves_the_others_alone(nats_url, tmp_path):
 
             async def settled() -> bool:
                 states = await rig.states([long, *others])
-                return states[long] == S.JOB_STATE_CANCELLED and all(
+                if not (states[long] == S.JOB_STATE_CANCELLED and all(
                     states[j] == S.JOB_STATE_POSTPROCESSING for j in others
-                )
+                )):
+                    return False
+                # the record moves before the worker acks, so wait for the acks too
+                return (await rig.consumer()).num_ack_pending == 0
 
             await rig.wait_for(settled)
             assert rig.engine.cancelled == [long]
@@ -216,7 +222,10 @@ def test_slots_follow_the_callable(nats_url, tmp_path, slots):
             runner = asyncio.create_task(rig.worker.run())
 
             async def all_decoded() -> bool:
-                return all(s == S.JOB_STATE_POSTPROCESSING for s in (await rig.states(ids)).values())
+                # the record moves to POSTPROCESSING before the worker acks, so wait for the acks too
+                if not all(s == S.JOB_STATE_POSTPROCESSING for s in (await rig.states(ids)).values()):
+                    return False
+                return (await rig.consumer()).num_ack_pending == 0
 
             await rig.wait_for(all_decoded)
             assert rig.engine.max_running == slots
