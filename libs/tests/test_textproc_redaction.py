@@ -29,6 +29,11 @@ def red(text):
         ("메일은 john.doe+x@example.co.kr 로", "메일은 [EMAIL] 로"),
         ("write to john at example dot com", "write to [EMAIL]"),
         ("hong 골뱅이 naver 닷컴 으로 보내 주세요", "[EMAIL] 으로 보내 주세요"),
+        # digits spoken one at a time, as a live final wrote them (CI, tests/integration/test_streaming_capacity)
+        ("Call me, Mac at 5 .5, 1, 2, 3, 4 before noon", "Call me, Mac at [PHONE] before noon"),
+        ("0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8 로 주세요", "[PHONE] 로 주세요"),
+        ("call me at 555, 1234 tomorrow", "call me at [PHONE] tomorrow"),
+        ("카드 4111, 1111, 1111, 1111 이요", "카드 [CARD] 이요"),
     ],
 )
 def test_true_positives(raw, want):
@@ -52,6 +57,10 @@ def test_true_positives(raw, want):
         "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13",
         "매출이 12% 올랐고 3.14159 는 파이",
         "제 번호 끝자리는 4567 이에요",
+        "1, 2, 3, 4, 5, 6, 7, 8, 9",
+        "in 2024, 2025, 2026, 2027 and 2028",
+        "1000, 2000, 3000, 4000",
+        "It was 5. 5 people came",
     ],
 )
 def test_must_not_redact(text):

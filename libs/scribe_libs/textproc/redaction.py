@@ -8,7 +8,10 @@ Whisper renders spoken digits unpredictably ("4,111,111,111,111,111,111" for a s
 joined by single spaces, hyphens, dots or commas (", " and ". " end a run: they separate list
 items and sentences), an optional leading "+" and "(area)". A run that fits no class is tried
 again piecewise at its spaces, longest piece first from the left, so "2024 010 1234 5678" still
-yields the phone number. Each run is classified by its digit count and grouping:
+yields the phone number. Each run is classified by its digit count and grouping. Then *loose
+runs*, digit groups joined by any separator with spaces around it (", ", " .", ". "), which is how
+Whisper writes digits spoken one at a time ("5 .5, 1, 2, 3, 4" in a live call's final): single
+digits are classified as if written together, other groupings only by the cue rules below.
 
 ========  ===================================================================================
 [RRN]     13 digits as YYMMDD-NNNNNNN or 13 in a row, with a valid month/day and a 7th digit 1-8;
@@ -51,6 +54,13 @@ CUE_WINDOW = 40
 _RUN = re.compile(
     r"(?<![A-Za-z0-9_.,:/+\-])"
     r"(?>(?:\+\s?)?(?:\(\d{1,4}\)\s?)?\d+(?:(?:\s?-\s?|[.,]|\s)\d+)*)"
+    r"(?![A-Za-z0-9_]|[:/]\d)"
+)
+#: Digit groups joined by any one separator with spaces around it (", ", " .", ". "): how Whisper
+#: writes digits spoken one at a time ("5, 5, 1, 2, 3, 4", "5 .5, 1, 2").
+_LOOSE_RUN = re.compile(
+    r"(?<![A-Za-z0-9_.,:/+\-])"
+    r"(?>\d+(?:(?:\s*[.,]\s*|\s?-\s?|\s)\d+)+)"
     r"(?![A-Za-z0-9_]|[:/]\d)"
 )
 _PIECE = re.compile(r"(?:\+\s?)?(?:\(\d{1,4}\)\s?)?\d+(?:(?:\s?-\s?|[.,])\d+)*")
@@ -112,8 +122,11 @@ def _card_grouping(run: str, groups: list[str]) -> bool:
     return all(len(g) >= 4 for g in groups[:-1])
 
 
-def _classify(text: str, start: int, end: int) -> tuple[str, tuple[tuple[str, str], ...]] | None:
-    run = text[start:end]
+def _classify(
+    text: str, start: int, end: int, run: str | None = None
+) -> tuple[str, tuple[tuple[str, str], ...]] | None:
+    """The class of the digit run ``text[start:end]`` (``run``: its digits as written instead)."""
+    run = text[start:end] if run is None else run
     digits = re.sub(r"\D", "", run)
     groups = re.findall(r"\d+", run)
     n = len(digits)
@@ -143,6 +156,31 @@ def _classify(text: str, start: int, end: int) -> tuple[str, tuple[tuple[str, st
     # came out "5 5 1 2 3 4"); near a phone cue, over-redacting beats leaking.
     if 6 <= n <= 12 and _PHONE_CUE.search(before):
         return "phone", ()
+    return None
+
+
+def _classify_loose(text: str, start: int, end: int) -> Finding | None:
+    """A loose run (:data:`_LOOSE_RUN`): digits spoken one at a time, or any grouping after a cue.
+
+    Single digits only ("0, 1, 0, 1, 2, 3, 4, 5, 6, 7, 8") are classified as if written together;
+    other groupings ("555, 1234", "1, 2, ..., 13") only by the cue rules (phone 6-12 digits, card
+    13-19, RRN 13 after their cue words), so counted lists and years stay clear.
+    """
+    run = text[start:end]
+    groups = re.findall(r"\d+", run)
+    if all(len(g) == 1 for g in groups):
+        kind = _classify(text, start, end, run="".join(groups))
+        return Finding(start, end, kind[0], kind[1]) if kind else None
+    if _AMOUNT_BEFORE.search(text[max(0, start - 5) : start]) or _AMOUNT_AFTER.match(text, end):
+        return None
+    n = sum(len(g) for g in groups)
+    before = text[max(0, start - CUE_WINDOW) : start]
+    if n == 13 and _RRN_CUE.search(before):
+        return Finding(start, end, "rrn")
+    if 13 <= n <= 19 and _CARD_CUE.search(before):
+        return Finding(start, end, "card", (("luhn", "valid" if luhn_valid("".join(groups)) else "invalid"),))
+    if 6 <= n <= 12 and _PHONE_CUE.search(before):
+        return Finding(start, end, "phone")
     return None
 
 
@@ -179,6 +217,12 @@ def find(text: str) -> list[Finding]:
         if any(f.start < match.end() and match.start() < f.end for f in found):
             continue
         found += _classify_run(text, match.start(), match.end())
+    for match in _LOOSE_RUN.finditer(text):
+        if any(f.start < match.end() and match.start() < f.end for f in found):
+            continue
+        loose = _classify_loose(text, match.start(), match.end())
+        if loose is not None:
+            found.append(loose)
     found.sort(key=lambda f: (f.start, -(f.end - f.start)))
     kept: list[Finding] = []
     for f in found:
