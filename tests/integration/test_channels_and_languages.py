@@ -91,7 +91,11 @@ def test_allowed_languages_find_english_then_german_per_segment(ingest, results)
     languages = [s.language for s in segments]
     assert set(languages) <= {"en", "de"}, languages
     first_german = languages.index("de")
-    assert first_german > 0 and all(lang == "en" for lang in languages[:first_german]), languages
+    # one switch: English up to the German reading (at 30.6 s), German after it; short unclear
+    # chunks ("Publish!" at 13.3 s, detected German at 0.02) take their neighbours' language
+    assert languages == ["en"] * first_german + ["de"] * (len(languages) - first_german), [
+        (round(s.start, 1), s.language, s.text) for s in segments]
+    assert segments[first_german].start > 29.0, segments[first_german]
     assert segments[0].text.lower().startswith("permission is hereby granted"), segments[0].text
     assert segments[first_german].text.lower().startswith("jede"), segments[first_german].text  # base: "Jeden!"
 
