@@ -174,8 +174,11 @@ def test_retained_call_audio_is_stored(stack, gateway):
 @pytest.mark.parametrize("encoding", ["mulaw", "alaw"])
 def test_8khz_g711_round_trip(gateway, encoding):
     # Real speech when ../shared/data is there; the espeak-ng fixture suffers more from 8 kHz
-    # (tiny.en: "quick round box ... lady nog"), yet a wrong G.711 table would give no words at all.
-    path, reference, limit, seconds = (JFK, JFK_TEXT, 0.1, 11.0) if JFK.exists() else (SPEECH, SPEECH_TEXT, 0.5, 7.756)
+    # (tiny.en: "quick round box ... lady nog"), yet a wrong G.711 table would give no words at all
+    # (the tables themselves are checked bit for bit in libs/tests/test_callaudio.py). tiny.en's
+    # words for the narrowband JFK clip depend on the CPU's kernels: A-law gave 0 errors on one
+    # machine and "and so am i fell in america" (WER 0.23) on an AVX-512 AMD EPYC, every run.
+    path, reference, limit, seconds = (JFK, JFK_TEXT, 0.3, 11.0) if JFK.exists() else (SPEECH, SPEECH_TEXT, 0.5, 7.756)
     responses = replay(gateway, path, encoding)
     assert wer(reference, final_text(responses)) <= limit, final_text(responses)
     assert summary(responses).audio_seconds == pytest.approx(seconds, abs=0.01)
