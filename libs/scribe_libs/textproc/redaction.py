@@ -131,7 +131,7 @@ def _classify(
     groups = re.findall(r"\d+", run)
     n = len(digits)
     before = text[max(0, start - CUE_WINDOW) : start]
-    if _AMOUNT_BEFORE.search(text[max(0, start - 5) : start]) or _AMOUNT_AFTER.match(text, end):
+    if _is_amount(text, start, end):
         return None
     if _DATE.fullmatch(run):
         return None
@@ -152,6 +152,21 @@ def _classify(
         return "card", (("luhn", "valid" if luhn_valid(digits) else "invalid"),)
     if lengths == [3, 3, 4] or (lengths == [1, 3, 3, 4] and digits[0] == "1"):
         return "phone", ()
+    return _by_cue(before, digits)  # the RRN and card cues have been tried above: the phone cue
+
+
+def _is_amount(text: str, start: int, end: int) -> bool:
+    """Whether the run ``text[start:end]`` is an amount: a currency sign before, a unit or % after."""
+    return bool(_AMOUNT_BEFORE.search(text[max(0, start - 5) : start]) or _AMOUNT_AFTER.match(text, end))
+
+
+def _by_cue(before: str, digits: str) -> tuple[str, tuple[tuple[str, str], ...]] | None:
+    """The class a cue word in ``before`` gives ``digits``: RRN 13, card 13-19, phone 6-12 digits."""
+    n = len(digits)
+    if n == 13 and _RRN_CUE.search(before):
+        return "rrn", ()
+    if 13 <= n <= 19 and _CARD_CUE.search(before):
+        return "card", (("luhn", "valid" if luhn_valid(digits) else "invalid"),)
     # 6, not 7: Whisper drops a digit of a spoken number ("five five five, one two three four"
     # came out "5 5 1 2 3 4"); near a phone cue, over-redacting beats leaking.
     if 6 <= n <= 12 and _PHONE_CUE.search(before):
@@ -166,22 +181,13 @@ def _classify_loose(text: str, start: int, end: int) -> Finding | None:
     other groupings ("555, 1234", "1, 2, ..., 13") only by the cue rules (phone 6-12 digits, card
     13-19, RRN 13 after their cue words), so counted lists and years stay clear.
     """
-    run = text[start:end]
-    groups = re.findall(r"\d+", run)
+    groups = re.findall(r"\d+", text[start:end])
+    digits = "".join(groups)
     if all(len(g) == 1 for g in groups):
-        kind = _classify(text, start, end, run="".join(groups))
-        return Finding(start, end, kind[0], kind[1]) if kind else None
-    if _AMOUNT_BEFORE.search(text[max(0, start - 5) : start]) or _AMOUNT_AFTER.match(text, end):
-        return None
-    n = sum(len(g) for g in groups)
-    before = text[max(0, start - CUE_WINDOW) : start]
-    if n == 13 and _RRN_CUE.search(before):
-        return Finding(start, end, "rrn")
-    if 13 <= n <= 19 and _CARD_CUE.search(before):
-        return Finding(start, end, "card", (("luhn", "valid" if luhn_valid("".join(groups)) else "invalid"),))
-    if 6 <= n <= 12 and _PHONE_CUE.search(before):
-        return Finding(start, end, "phone")
-    return None
+        kind = _classify(text, start, end, run=digits)
+    else:
+        kind = None if _is_amount(text, start, end) else _by_cue(text[max(0, start - CUE_WINDOW) : start], digits)
+    return Finding(start, end, kind[0], kind[1]) if kind else None
 
 
 def _classify_run(text: str, start: int, end: int) -> list[Finding]:
