@@ -328,6 +328,37 @@ async def test_local_sweep_expired(tmp_path: Path) -> None:
     assert await store.sweep_expired(now) == 0
 
 
+async def test_local_sweep_in_slices_removes_the_same(tmp_path: Path) -> None:
+    """One entry per slice: directories emptied and pruned mid-walk, the count exact."""
+    store = LocalStore(tmp_path)
+    await store.ensure_bucket("scribe-audio", expiry_days=1)
+    now = datetime.now(UTC)
+    two_days_ago = (now - timedelta(days=2)).timestamp()
+    for i in range(30):
+        await store.put_bytes("scribe-audio", f"job-{i}/audio.wav", b"x")
+        if i % 3:
+            os.utime(tmp_path / "scribe-audio" / f"job-{i}" / "audio.wav", (two_days_ago, two_days_ago))
+    slices = 0
+    real = store._sweep_slice
+
+    def counting(plan, entries):  # noqa: ANN001, ANN202
+        nonlocal slices
+        slices += 1
+        return real(plan, entries)
+
+    store._sweep_slice = counting
+    assert await store.sweep_expired(now, slice_entries=1, pause_seconds=0) == 20
+    assert slices >= 60  # 30 directories and 30 files, one at a time: the walk was never one block
+    assert await store.list_keys("scribe-audio") == sorted(f"job-{i}/audio.wav" for i in range(0, 30, 3))
+    assert sorted(p.name for p in (tmp_path / "scribe-audio").iterdir()) == sorted(
+        f"job-{i}" for i in range(0, 30, 3))
+
+
+async def test_local_sweep_refuses_bad_slices(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="slice_entries"):
+        await LocalStore(tmp_path).sweep_expired(datetime.now(UTC), slice_entries=0)
+
+
 async def test_local_sweep_needs_aware_time(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         await LocalStore(tmp_path).sweep_expired(datetime.now())  # naive on purpose
