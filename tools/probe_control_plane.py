@@ -7,6 +7,9 @@ milliseconds to stdout. It isolates the per-call work of issue 11's GetJob from 
 the client: if these stay flat while bench_scale's GetJob p95 grows, the tail is elsewhere. Run::
 
     .venv/bin/python tools/probe_control_plane.py --levels 10,10000,100000
+    .venv/bin/python tools/probe_control_plane.py --levels 10,100000 --idle-seconds 15   # cold reads
+
+``kv get again`` repeats the ``kv get`` pass on the same jobs right after it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
-async def _main(levels: list[int], samples: int) -> None:
+async def _main(levels: list[int], samples: int, idle_seconds: float) -> None:
     from scribe.v1 import jobs_pb2, transcript_pb2
     from scribe_harness.servers import NatsServer
     from scribe_libs import bus as busmod
@@ -54,8 +57,11 @@ async def _main(levels: list[int], samples: int) -> None:
                                                        jobs_pb2.TranscribeTask(job_id=j.job_id)) for j in batch))
                     ids += [j.job_id for j in batch]
                 sample = random.Random(level).sample(ids, min(samples, len(ids)))
+                if idle_seconds:  # let nats-server's block cache go cold (it drops idle blocks)
+                    await asyncio.sleep(idle_seconds)
                 calls = {
                     "kv get": lambda j: jobs.get(j),
+                    "kv get again": lambda j: jobs.get(j),
                     "queue_view": lambda j: queue_view(bus, ledger, "cpu", None),
                     "consumer_counts": lambda j: consumer_counts(bus, "cpu"),
                     "ledger.counters": lambda j: ledger.counters("cpu"),
@@ -77,8 +83,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--levels", default="10,10000,100000", help="job counts to measure at")
     parser.add_argument("--samples", type=int, default=300, help="calls per kind and level")
+    parser.add_argument("--idle-seconds", type=float, default=0.0,
+                        help="pause before each level's calls (the first 'kv get' pass then reads cold blocks)")
     args = parser.parse_args()
-    asyncio.run(_main(sorted(int(x) for x in args.levels.split(",")), args.samples))
+    asyncio.run(_main(sorted(int(x) for x in args.levels.split(",")), args.samples, args.idle_seconds))
 
 
 if __name__ == "__main__":
