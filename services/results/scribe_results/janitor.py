@@ -35,7 +35,7 @@ QUEUE_GROUP = "scribe-results-janitor"
 class Janitor:
     """Runs the poison-message handler and the local retention sweeper."""
 
-    def __init__(self, bus: busmod.Bus, store: ObjectStore, sweep_interval: float = 900.0):
+    def __init__(self, bus: busmod.Bus, store: ObjectStore, sweep_interval: float):
         self.bus = bus
         self.store = store
         self.jobs = JobStore(bus)
