@@ -81,6 +81,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _stream_blocks(store_dir: Path, stream: str) -> tuple[int, int]:
+    """(message blocks, bytes) of ``stream`` in a nats-server store directory (its ``*.blk`` files).
+
+    The first GetJob from a block after nats-server's 10 s cache expiry reads the whole block
+    (``filestore.go``), so the number of blocks the records span bounds the cold reads.
+    """
+    blocks = [path for path in store_dir.rglob("*.blk") if path.parent.parent.name == stream]
+    return len(blocks), sum(path.stat().st_size for path in blocks)
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
@@ -189,8 +199,10 @@ def main() -> int:
                 cpu = [_cpu_seconds(pid) for pid in (nats.proc.pid, proc.pid)]
                 time.sleep(args.settle_seconds)
                 used = [_cpu_seconds(pid) - before for pid, before in zip((nats.proc.pid, proc.pid), cpu, strict=True)]
+                blocks, size = _stream_blocks(nats.store, "KV_scribe_jobs")
                 print(f"settled {args.settle_seconds:.0f} s: nats-server used {used[0]:.2f} CPU s, "
-                      f"the services {used[1]:.2f}", file=sys.stderr, flush=True)
+                      f"the services {used[1]:.2f}; the job records span {blocks} blocks, "
+                      f"{size / 1e6:.1f} MB", file=sys.stderr, flush=True)
                 depth = len(bench.job_ids)
                 # GetJob over the whole queue, the deepest job included (it has the most ahead); the
                 # same number of calls at every level (drawn with replacement where jobs are few).

@@ -19,6 +19,14 @@ second CreateJob with the same key waits while the claim is ``creating`` and ret
 it exists; a ``creating`` claim not refreshed for :data:`CLAIM_STALE_SECONDS` (its creator died)
 and a done claim whose job is gone (deleted, expired) are taken over with compare-and-set, so
 exactly one caller wins.
+
+A job's TranscribeTask is published before its record is written (scribe_ingest's CreateJob), so
+the record is written once, complete, with the task's stream sequence (what CancelJob deletes);
+a second write for the sequence would leave the first as a dead half of every KV block, and
+nats-server reads a whole 4 MB block on the first get from it after its 10 s cache expiry
+(nats-server ``filestore.go``: ``defaultKVBlockSize``, ``defaultCacheBufferExpiration``). A
+worker may therefore get a task a few milliseconds before its record exists:
+:meth:`JobStore.get_published` waits up to :data:`RECORD_GRACE_SECONDS` for it.
 """
 
 from __future__ import annotations
@@ -72,6 +80,13 @@ CLAIM_POLL_SECONDS = 0.05
 #: Bytes kept free below ``max_payload`` for what travels with a record: KV/JetStream headers,
 #: trace context headers, and the JobEvent envelope (kind, time) around the record.
 RECORD_HEADROOM_BYTES = 8 * 1024
+#: How long after its task was published a job's record may still be missing, seconds: ingest
+#: writes the record right after the task (one KV round trip, milliseconds). A task older than
+#: this without a record is an orphan (its job was deleted, or ingest stopped between the writes).
+RECORD_GRACE_SECONDS = 10.0
+#: First and longest pause between looks at a record not written yet, seconds.
+_RECORD_POLL_FIRST_SECONDS = 0.005
+_RECORD_POLL_MAX_SECONDS = 0.5
 
 #: Event kind published for each state.
 EVENT_KINDS = {
@@ -259,6 +274,38 @@ class JobStore:
     async def get(self, job_id: str) -> jobs_pb2.Job:
         """The job record. Raises JobNotFound."""
         return (await self.get_with_revision(job_id))[0]
+
+    async def get_published(
+        self, job_id: str, published_at: float, *, grace_seconds: float = RECORD_GRACE_SECONDS
+    ) -> jobs_pb2.Job:
+        """The record of a job whose task was published at ``published_at``, waiting while it is young.
+
+        Ingest publishes the task before it writes the record (module docstring), so a missing
+        record is looked for again, 5 ms then doubling up to 0.5 s apart, until the task is
+        ``grace_seconds`` old by this host's clock, and for at most ``grace_seconds`` of waiting
+        (a clock behind the server's cannot make it wait longer).
+
+        Args:
+            job_id: The job.
+            published_at: When the task was stored in JetStream, Unix seconds (the message's
+                timestamp).
+            grace_seconds: How long a task may precede its record, seconds.
+
+        Raises:
+            JobNotFound: no record, and the task is older than ``grace_seconds`` (or the wait
+                ran out).
+        """
+        deadline = time.monotonic() + grace_seconds
+        pause = _RECORD_POLL_FIRST_SECONDS
+        while True:
+            try:
+                return await self.get(job_id)
+            except JobNotFound:
+                left = min(published_at + grace_seconds - time.time(), deadline - time.monotonic())
+                if left <= 0:
+                    raise
+            await asyncio.sleep(min(pause, left))
+            pause = min(pause * 2, _RECORD_POLL_MAX_SECONDS)
 
     async def update(
         self,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
+import nats
 import pytest
 
 from scribe.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, results_pb2, results_pb2_grpc
 from scribe_harness import FIXTURES
 from scribe_harness import submit as harness_submit
+from scribe_libs import bus as busmod
 from scribe_libs.errors import error_info
 from scribe_libs.jobs import AUDIO_BUCKET
 
@@ -101,3 +105,40 @@ def test_cancel_running_job_stops_it(stack):
         folder = stack.workdir / "objects" / bucket / job.job_id
         assert not folder.exists() or not any(folder.iterdir())
     stack.stop("transcriber")
+
+
+
+def test_a_queued_job_is_written_once_with_its_task_sequence(stack):
+    """Before: CreateJob wrote the record, then wrote it again with the task's stream sequence,
+    leaving half of every KV_scribe_jobs block dead (issue 11: GetJob p95 at 100,000 jobs)."""
+
+    async def scenario() -> tuple[list[bytes], jobs_pb2.Job, jobs_pb2.TranscribeTask, int]:
+        nc = await nats.connect(stack.nats_url)
+        try:
+            writes: list[tuple[str, bytes]] = []
+
+            async def seen(msg) -> None:  # noqa: ANN001 - nats Msg
+                writes.append((msg.subject, msg.data))
+
+            # Every KV put is a publish on its key's subject: a plain subscription sees each one.
+            sub = await nc.subscribe("$KV.scribe_jobs.>", cb=seen)
+            await nc.flush()
+            job = await asyncio.to_thread(submit, stack, "speech_en.wav")
+            await nc.flush()
+            await sub.unsubscribe()
+            js = nc.jetstream()
+            entry = await (await js.key_value("scribe_jobs")).get(job.job_id)
+            record = jobs_pb2.Job.FromString(entry.value)
+            raw = await js.get_msg(busmod.JOBS_STREAM, record.stream_seq)
+            mine = [data for subject, data in writes if subject == f"$KV.scribe_jobs.{job.job_id}"]
+            return mine, record, busmod.parse(jobs_pb2.TranscribeTask, raw.data), job
+        finally:
+            await nc.close()
+
+    mine, record, task, created = stack.run(scenario())
+    assert len(mine) == 1, f"{len(mine)} writes of the record for one CreateJob"
+    assert jobs_pb2.Job.FromString(mine[0]) == record == created
+    assert record.state == S.JOB_STATE_QUEUED and record.stream_seq > 0
+    assert task.job_id == record.job_id and task.queue_ticket == record.queue_ticket
+    results = results_pb2_grpc.ResultsStub(stack.channel("results"))
+    assert results.CancelJob(results_pb2.CancelJobRequest(job_id=record.job_id)).job.state == S.JOB_STATE_CANCELLED

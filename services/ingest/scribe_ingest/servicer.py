@@ -7,11 +7,15 @@ Order of writes, so that a failure at any step leaves nothing half-written behin
    removed when the call ends, and whatever a killed instance left there is removed at start);
 2. the audio is probed (decodable, duration limit);
 3. the original goes to ``scribe-audio/<job_id>/original``;
-4. the job record is created in ``scribe_jobs`` as QUEUED;
+4. the pool's ledger counts the job in (its queue ticket);
 5. the TranscribeTask is published on ``scribe.jobs.<pool>``; JetStream's ack makes it durable;
-6. the record gets the message's stream sequence (for the queue position).
+6. the job record is created in ``scribe_jobs`` as QUEUED, once, complete with the message's
+   stream sequence (CancelJob deletes the message by it). A worker that gets the task before the
+   record exists waits for it (:meth:`scribe_libs.jobs.JobStore.get_published`); one whose
+   record never comes (ingest stopped between 5 and 6) drops the task.
 
-If 4 or 5 fail, what 3 and 4 wrote is removed before the error is returned.
+If 4, 5 or 6 fail, what was written is removed before the error is returned (the message, a
+record a late failure may have left, the audio; the ledger counts the job out again).
 
 Refusals before anything is stored (all INVALID_ARGUMENT unless noted):
 
@@ -215,30 +219,32 @@ class IngestServicer(ingest_pb2_grpc.IngestServicer):
             audio_key=key,
             owner=owner,
         )
-        created = ticketed = False
+        ticketed = False
+        seq = 0
         try:
             job.queue_ticket.CopyFrom(await self.ledger.enqueue(pool, info.duration))
             ticketed = True
-            await self.jobs.create(job)
-            created = True
             task = jobs_pb2.TranscribeTask(
                 job_id=job_id, audio_key=key, config=spec.config, audio_duration=info.duration,
                 queue_ticket=job.queue_ticket,
             )
+            # The task first, then the record, written once and complete with the task's stream
+            # sequence (scribe_libs.jobs: a worker that gets the task first waits for the record).
             seq = await self.bus.publish(busmod.jobs_subject(pool), task)
+            job.stream_seq = seq
+            await self.jobs.create(job)
         except BaseException:
             log.warning("job creation failed; removing what was written", exc_info=True)
+            if seq:
+                # Before the record goes: a worker that has the task finds no record and drops it.
+                with contextlib.suppress(Exception):
+                    await self.bus.js.delete_msg(busmod.JOBS_STREAM, seq)
+                with contextlib.suppress(Exception):  # a write that failed late may have landed
+                    await self.jobs.delete(job_id)
             await self.store.delete(AUDIO_BUCKET, key)
-            if created:
-                await self.jobs.delete(job_id)
             if ticketed:  # the job never reaches a worker: count it out of the pool again
                 await self.ledger.done(pool, info.duration)
             raise
-
-        def set_seq(record: jobs_pb2.Job) -> None:
-            record.stream_seq = seq
-
-        job = await self.jobs.update(job_id, set_seq)
         log.info(
             "job queued",
             extra={"pool": pool, "stream_seq": seq, "audio_seconds": round(info.duration, 3), "bytes": size},

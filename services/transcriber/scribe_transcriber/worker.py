@@ -9,6 +9,10 @@ Delivery guarantees (DESIGN.md, "Data flow (batch)"):
 - a redelivered job (its worker died) is decoded again; outputs are keyed by job id, so the
   second run overwrites rather than duplicates; a job already POSTPROCESSING only has its
   PostprocessTask re-sent;
+- a task whose job record is not there yet waits for it while the task is young (ingest writes
+  the record right after the task: :meth:`scribe_libs.jobs.JobStore.get_published`); a task
+  without a record after that (its job deleted, or ingest stopped between the two writes) is
+  dropped (``term()``);
 - undecodable audio is FAILED at once (``term()``); any other error is retried (``nak``) until
   ``max_deliver``, then FAILED with the reason;
 - audio that decodes clearly shorter than ingest measured from its header (a truncated FLAC, an
@@ -227,7 +231,8 @@ class Worker:
                     await msg.nak(delay=2.0)
 
     async def _handle(self, msg: Msg, task: jobs_pb2.TranscribeTask, delivered: int) -> None:
-        job = await self.jobs.get(task.job_id)
+        # Ingest publishes the task, then writes the record: a young task may precede it.
+        job = await self.jobs.get_published(task.job_id, msg.metadata.timestamp.timestamp())
         # Whatever happens next, this message has left the pool's waiting line.
         await self.ledger.started(self.settings.pool, task.queue_ticket, task.audio_duration)
         if is_terminal(job):

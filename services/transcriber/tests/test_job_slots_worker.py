@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from nats.js.errors import NotFoundError
 
 from scribe.v1 import jobs_pb2, transcript_pb2
 from scribe_libs import bus as busmod
@@ -93,18 +94,23 @@ class Rig:
         await self.worker.stop()
         await self.bus.close()
 
-    async def submit(self, name: str, seconds: float) -> str:
+    async def submit(self, name: str, seconds: float, *, record: bool = True) -> str:
+        """Audio, then (ingest's order) the task, then the record unless ``record`` is False."""
         job_id = f"{self.pool}{name}"
         key = audio_key(job_id)
         await self.store.put_bytes(AUDIO_BUCKET, key, str(seconds).encode(), "text/plain")
         config = transcript_pb2.RecognitionConfig(model="base", initial_prompt=job_id)
-        job = jobs_pb2.Job(job_id=job_id, state=S.JOB_STATE_QUEUED, pool=self.pool, audio_key=key,
-                           audio_duration=seconds)
-        job.spec.config.CopyFrom(config)
-        await self.jobs.create(job)
         task = jobs_pb2.TranscribeTask(job_id=job_id, audio_key=key, config=config, audio_duration=seconds)
         await self.bus.publish(busmod.jobs_subject(self.pool), task)
+        if record:
+            await self.create_record(job_id, seconds)
         return job_id
+
+    async def create_record(self, job_id: str, seconds: float) -> None:
+        job = jobs_pb2.Job(job_id=job_id, state=S.JOB_STATE_QUEUED, pool=self.pool, audio_key=audio_key(job_id),
+                           audio_duration=seconds)
+        job.spec.config.CopyFrom(transcript_pb2.RecognitionConfig(model="base", initial_prompt=job_id))
+        await self.jobs.create(job)
 
     async def states(self, job_ids: list[str]) -> dict[str, int]:
         return {j: (await self.jobs.get(j)).state for j in job_ids}
@@ -229,6 +235,40 @@ def test_slots_follow_the_callable(nats_url, tmp_path, slots):
 
             await rig.wait_for(all_decoded)
             assert rig.engine.max_running == slots
+            await rig.worker.stop()
+            await runner
+
+    run(scenario())
+
+
+def test_a_task_that_arrives_before_its_record_waits_for_it_and_runs_once(nats_url, tmp_path):
+    """Ingest publishes the task, then writes the record. Before: the worker found no record,
+    dropped the task (term) as a deleted job's, and the job stayed QUEUED forever."""
+
+    async def scenario() -> None:
+        async with Rig(nats_url, tmp_path) as rig:
+            runner = asyncio.create_task(rig.worker.run())
+            job_id = await rig.submit("early", 1.0, record=False)
+
+            async def in_hand() -> bool:
+                try:
+                    info = await rig.consumer()
+                except NotFoundError:  # the worker has not declared its consumer yet
+                    return False
+                return info.delivered.consumer_seq == 1 and info.num_ack_pending == 1
+
+            await rig.wait_for(in_hand)  # the worker holds the task and looks for its record
+            await rig.create_record(job_id, 1.0)
+
+            async def decoded() -> bool:
+                if (await rig.jobs.get(job_id)).state != S.JOB_STATE_POSTPROCESSING:
+                    return False
+                return (await rig.consumer()).num_ack_pending == 0
+
+            await rig.wait_for(decoded)
+            assert rig.engine.calls == [job_id]
+            info = await rig.consumer()
+            assert info.delivered.consumer_seq == 1 and info.num_redelivered == 0
             await rig.worker.stop()
             await runner
 
