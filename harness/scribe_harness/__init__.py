@@ -7,22 +7,16 @@ and :data:`SHARED_DATA` point into that checkout.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from scribe_harness.jobs import CHUNK_BYTES, create_job_requests, job_spec, submit, wait_for
+from scribe_harness.paths import FIXTURES, ROOT, SHARED_DATA
 from scribe_harness.score import wer
 from scribe_harness.servers import MotoServer, NatsCluster, NatsServer
+from scribe_harness.speech import JFK, JFK_TEXT, Speech, stream_speech
 from scribe_harness.stack import Stack, wait_serving
 
-#: The repository this harness was installed from (editable install).
-ROOT = Path(__file__).resolve().parents[2]
-#: Committed test recordings (tests/fixtures).
-FIXTURES = ROOT / "tests" / "fixtures"
-#: The reference recordings beside the checkout (../shared/data).
-SHARED_DATA = ROOT.parent / "shared" / "data"
-
 __all__ = [
-    "CHUNK_BYTES", "FIXTURES", "ROOT", "SHARED_DATA", "MotoServer", "NatsCluster", "NatsServer", "Stack",
+    "CHUNK_BYTES", "FIXTURES", "JFK", "JFK_TEXT", "ROOT", "SHARED_DATA", "MotoServer", "NatsCluster", "NatsServer",
+    "Speech", "Stack", "stream_speech",
     "create_job_requests",
     "job_spec", "submit", "wait_for", "wait_serving", "wer",
 ]

@@ -87,6 +87,16 @@ ML_INFRA = {
 }
 
 
+def spliced(raw_text: str, corrections) -> str:
+    """``raw_text`` with ``corrections`` (of one segment, offsets into it) written in."""
+    out, at = [], 0
+    for c in sorted(corrections, key=lambda c: (c.start, c.end)):
+        assert c.start >= at, corrections  # corrections of a segment do not overlap
+        out += [raw_text[at : c.start], c.replacement]
+        at = c.end
+    return "".join(out) + raw_text[at:]
+
+
 def test_glossary_restores_terms_verbatim_and_raw_keeps_the_decoded_text(ingest, results, glossaries):
     put(glossaries, ML_INFRA)
     job = submit(ingest, "terms_en.wav", glossary_ids=["ml-infra"])
@@ -99,20 +109,28 @@ def test_glossary_restores_terms_verbatim_and_raw_keeps_the_decoded_text(ingest,
     final = get(results, job.job_id)
     raw = get(results, job.job_id, raw=True)
     assert re.search(r"\bvLLM\b", final) and re.search(r"\bKubernetes\b", final), final
-    assert not re.search(r"\bvLLM\b", raw), raw  # as decoded: "KubernetesvLLM" (or "V-N-R-M")
-    assert raw != final
     for fmt in ("srt", "vtt"):
         assert re.search(r"\bvLLM\b", get(results, job.job_id, fmt))
-        assert not re.search(r"\bvLLM\b", get(results, job.job_id, fmt, raw=True))
 
     data = transcript(results, job.job_id)
     assert list(data.glossaries) == ["ml-infra@1"]
     fixes = [c for c in data.corrections if c.kind == F.CORRECTION_KIND_GLOSSARY]
-    assert [c for c in fixes if re.search(r"\bvLLM\b", c.replacement)], data.corrections
     for c in fixes:  # every change is recorded against the raw text
         segment = next(s for s in data.segments if s.id == c.segment_id)
         assert segment.raw_text[c.start : c.end] == c.original
         assert c.rule_id == f"glossary:ml-infra:{c.replacement}"  # "Kubernetes vLLM" for the glued pair
+    # Whether tiny.en writes "vLLM" itself depends on the CPU's kernels (biased by the glossary's
+    # hotwords and prompt): "KubernetesvLLM" or "V-N-R-M" on one machine, "Kubernetes with vLLM."
+    # on an AMD EPYC without AVX-512. Either way raw is the decoded text and the final is raw with
+    # exactly the recorded corrections written in: the term came from the decoder or from a fix.
+    for segment in data.segments:
+        mine = [c for c in data.corrections if c.segment_id == segment.id]
+        assert spliced(segment.raw_text, mine) == segment.text, (segment.raw_text, mine)
+    assert (raw != final) == bool(data.corrections)
+    if not re.search(r"\bvLLM\b", raw):
+        assert [c for c in fixes if re.search(r"\bvLLM\b", c.replacement)], data.corrections
+        for fmt in ("srt", "vtt"):
+            assert not re.search(r"\bvLLM\b", get(results, job.job_id, fmt, raw=True))
     # Words follow the corrected text; flags and their summary are present.
     assert "".join(w.word for s in data.segments for w in s.words) == "".join(s.text for s in data.segments)
     assert data.flag_summary.segments == len(data.segments) and data.flag_summary.words >= 5

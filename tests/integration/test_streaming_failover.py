@@ -13,10 +13,8 @@ import pytest
 
 from scribe.v1 import streaming_pb2, streaming_pb2_grpc
 from scribe_cli.stream import call_requests, load_call_audio
-from scribe_harness import FIXTURES, SHARED_DATA, wer
+from scribe_harness import FIXTURES, JFK, JFK_TEXT, wer
 
-JFK = SHARED_DATA / "jfk.flac"
-JFK_TEXT = "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
 SPEECH = FIXTURES / "speech_en.wav"
 SPEECH_TEXT = (FIXTURES / "speech_en.txt").read_text().strip()
 

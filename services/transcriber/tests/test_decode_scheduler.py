@@ -274,13 +274,18 @@ def test_short_input_decode_gives_the_words_of_the_padded_decode(whisper):
 def test_a_window_over_the_token_budget_is_decoded_again_on_the_full_input(whisper, monkeypatch):
     audio = load(FIXTURES / "speech_en.wav")
     normal = decode_windows(whisper, [Window(audio=audio, language="en")])[0]
+    padded = decode_windows(whisper, [Window(audio=audio, language="en")], input_padding_seconds=None)[0]
     # A budget of ~4 tokens for 7.8 s of speech: the short-input decode hits it, as a loop would.
     monkeypatch.setattr(dec, "TOKENS_PER_SECOND", 0.5)
     monkeypatch.setattr(dec, "TOKEN_MARGIN", 0)
     tripped = decode_windows(whisper, [Window(audio=audio, language="en")])[0]
     assert tripped.fallback and tripped.input_seconds == 30.0
-    assert words(tripped.text) == words(normal.text)  # the full decode is not cut by the budget
-    assert not normal.fallback
+    assert not normal.fallback and normal.input_seconds < 30.0
+    # The fallback is the padded decode, whole: the budget does not cut it. (Not compared with the
+    # short-input text: the two inputs may differ in a word or two, e.g. "stump"/"jump" on an AMD
+    # EPYC without AVX-512, which the padded-vs-short test above bounds.)
+    assert words(tripped.text) == words(padded.text)
+    assert len(tripped.text.split()) > 4
 
 
 def espeak(text: str, path: Path) -> np.ndarray:
