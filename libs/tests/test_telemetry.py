@@ -3,6 +3,8 @@ per-RPC server metrics (rpc.server.call.duration) on a real grpc.aio server."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -53,6 +55,7 @@ async def test_every_call_is_measured_with_its_method_and_final_status():
     await servicer.set("scribe.v1.Results", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
+    cancelled = grpc.StatusCode.CANCELLED.value[0]
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -64,10 +67,27 @@ async def test_every_call_is_measured_with_its_method_and_final_status():
             stream = stub.Watch(health_pb2.HealthCheckRequest(service="scribe.v1.Results"))
             assert (await stream.read()).status == health_pb2.HealthCheckResponse.SERVING
             stream.cancel()
+            # The server learns of the caller's cancel when the RST_STREAM arrives: wait for the
+            # handler to end (it records on the way out) before stopping the server, whose stop
+            # cancels what is left without waiting for it to unwind.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10.0
+            while _call_counts(reader).get(("grpc.health.v1.Health", "Watch", cancelled)) is None:
+                assert loop.time() < deadline, f"Watch never recorded: {_call_counts(reader)}"
+                await asyncio.sleep(0.01)
     finally:
         await server.stop(None)
+    counts = _call_counts(reader)
+    assert counts[("grpc.health.v1.Health", "Check", 0)] == 3
+    assert counts[("grpc.health.v1.Health", "Check", grpc.StatusCode.NOT_FOUND.value[0])] == 1
+    assert counts[("grpc.health.v1.Health", "Watch", cancelled)] == 1  # the server stream, cancelled by the caller
+
+
+def _call_counts(reader: InMemoryMetricReader) -> dict[tuple[str, str, int], int]:
+    """``rpc.server.call.duration`` point counts by (service, method, status code); checks the unit."""
     counts = {}
-    for resource in reader.get_metrics_data().resource_metrics:
+    data = reader.get_metrics_data()
+    for resource in (data.resource_metrics if data else ()):
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
                 if metric.name != "rpc.server.call.duration":
@@ -76,6 +96,4 @@ async def test_every_call_is_measured_with_its_method_and_final_status():
                 for point in metric.data.data_points:
                     attrs = dict(point.attributes)
                     counts[(attrs["rpc.service"], attrs["rpc.method"], attrs["rpc.grpc.status_code"])] = point.count
-    assert counts[("grpc.health.v1.Health", "Check", 0)] == 3
-    assert counts[("grpc.health.v1.Health", "Check", grpc.StatusCode.NOT_FOUND.value[0])] == 1
-    assert any(method == "Watch" for _, method, _ in counts)  # the server stream, cancelled by the caller
+    return counts
