@@ -160,6 +160,11 @@ class Bus:
         """Await ``callback()`` after a new connection replaced a closed one (re-create core subscriptions)."""
         self._recovered.append(callback)
 
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`close` was called (a retry loop should give up, not wait for recovery)."""
+        return self._closing
+
     async def close(self) -> None:
         """Drain the connection (pending publishes and acks are flushed); no recovery after this."""
         self._closing = True

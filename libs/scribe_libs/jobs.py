@@ -5,7 +5,11 @@ on conflict with the fresh record, so two writers (a transcriber reporting progr
 cancelling) never lose an update. State changes follow DESIGN.md:
 ``QUEUED -> RUNNING -> POSTPROCESSING -> COMPLETED``, or FAILED / CANCELLED from any
 non-terminal state; a redelivered job may go RUNNING -> RUNNING or POSTPROCESSING ->
-POSTPROCESSING. Each state change is also published on ``scribe.events.<job_id>.<kind>``.
+POSTPROCESSING. Each state change is also published on ``scribe.events.<job_id>.<kind>``,
+once: through a broker outage (a stream leader's election) it is retried for up to
+:data:`EVENT_RETRY_SECONDS` under a ``Nats-Msg-Id`` that JetStream deduplicates, so a publish
+whose ack was lost and then retried is stored once. Progress events are not retried (the next
+one supersedes them).
 
 A record is one NATS message: one that would exceed the server's ``max_payload`` (from its INFO,
 1 MiB by default) less :data:`RECORD_HEADROOM_BYTES` is refused with :class:`RecordTooLarge`
@@ -44,7 +48,7 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from scribe.v1 import jobs_pb2
 from scribe_libs import metrics
 from scribe_libs.bus import Bus, event_subject
-from scribe_libs.errors import FailedPrecondition, InvalidArgument, NotFound
+from scribe_libs.errors import BROKER_RETRY_SECONDS, FailedPrecondition, InvalidArgument, NotFound, is_broker_outage
 from scribe_libs.jobindex import JobIndex
 from scribe_libs.queue import PoolLedger
 
@@ -87,6 +91,13 @@ RECORD_GRACE_SECONDS = 10.0
 #: First and longest pause between looks at a record not written yet, seconds.
 _RECORD_POLL_FIRST_SECONDS = 0.005
 _RECORD_POLL_MAX_SECONDS = 0.5
+
+#: How long a state-change event is retried through a broker outage, seconds. The record is
+#: already written; the event is what integrators subscribe to (DESIGN.md: "KV state=COMPLETED +
+#: scribe.events.<job_id>.completed"). A JetStream stream whose leader was SIGKILLed has a new
+#: one within seconds (tests/cluster/test_nats_cluster.py: survivors ready 0-7.6 s), and
+#: retries stay well inside the stream's duplicate window (nats-server default: 2 min).
+EVENT_RETRY_SECONDS = 30.0
 
 #: Event kind published for each state.
 EVENT_KINDS = {
@@ -216,8 +227,9 @@ class RequestClaim:
 class JobStore:
     """Job records over the ``scribe_jobs`` KV bucket of a :class:`Bus`."""
 
-    def __init__(self, bus: Bus):
+    def __init__(self, bus: Bus, event_retry_seconds: float = EVENT_RETRY_SECONDS):
         self.bus = bus
+        self.event_retry_seconds = event_retry_seconds
         self.kv = bus.jobs
         self._ledger = PoolLedger(bus)
         self.index = JobIndex(bus)
@@ -247,9 +259,7 @@ class JobStore:
         job.update_time.CopyFrom(job.create_time)
         if not job.HasField("expire_time") and self.bus.retention_seconds > 0:
             # When the record and transcripts go (the proto's create_time + retention period).
-            job.expire_time.FromNanoseconds(
-                job.create_time.ToNanoseconds() + int(self.bus.retention_seconds * 1e9)
-            )
+            job.expire_time.FromNanoseconds(job.create_time.ToNanoseconds() + int(self.bus.retention_seconds * 1e9))
         data = self._serialize(job)
         try:
             await self.kv.create(job.job_id, data)
@@ -476,11 +486,39 @@ class JobStore:
             await asyncio.sleep(CLAIM_POLL_SECONDS)
 
     async def _event(self, job: jobs_pb2.Job, kind: str) -> None:
+        """Publish ``scribe.events.<job_id>.<kind>`` for the write just made; never raises.
+
+        A state change is retried every :data:`~scribe_libs.errors.BROKER_RETRY_SECONDS` through a
+        broker outage for up to ``event_retry_seconds`` (not once the bus is closing); its
+        ``Nats-Msg-Id`` (job id, kind and the record's ``update_time`` in ns) makes a retry of a
+        publish that was stored, but whose ack was lost, a duplicate JetStream drops. A progress
+        event gets one try.
+        """
         event = jobs_pb2.JobEvent(kind=kind, job=job, time=now_timestamp())
-        try:
-            await self.bus.publish(event_subject(job.job_id, kind), event)
-        except Exception:  # noqa: BLE001 - the KV record is the truth; an event is a notification
-            log.warning("could not publish job event", extra={"job_id": job.job_id, "kind": kind}, exc_info=True)
+        headers = {"Nats-Msg-Id": f"{job.job_id}.{kind}.{job.update_time.ToNanoseconds()}"}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (0.0 if kind == "progress" else self.event_retry_seconds)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                await self.bus.publish(event_subject(job.job_id, kind), event, headers=headers)
+                if attempts > 1:
+                    log.info(
+                        "job event published after %d attempts", attempts, extra={"job_id": job.job_id, "kind": kind}
+                    )
+                return
+            except Exception as exc:  # noqa: BLE001 - the KV record is the truth; an event is a notification
+                if is_broker_outage(exc) and not self.bus.closing and loop.time() + BROKER_RETRY_SECONDS < deadline:
+                    await asyncio.sleep(BROKER_RETRY_SECONDS)
+                    continue
+                log.warning(
+                    "could not publish job event (%d attempts)",
+                    attempts,
+                    extra={"job_id": job.job_id, "kind": kind},
+                    exc_info=True,
+                )
+                return
 
 
 class ProgressThrottle:

@@ -192,10 +192,11 @@ def test_every_job_completes_once_when_a_nats_node_is_killed_and_restarted(stack
     jobs_replicas, kv_replicas, _ = jetstream(stack, replicas)
     assert (jobs_replicas, kv_replicas) == (3, 3), "the services declare 3 replicas on the cluster"
     # The victim: the node most services are connected to (their clients must fail over), made
-    # the leader of the job queue and of the job records (their RAFT groups must elect anew).
+    # the leader of the job queue, of the job records and of the job events (their RAFT groups
+    # must elect anew; a state change's event is retried through the election, scribe_libs.jobs).
     clients = {i: connected_services(cluster, i) for i in range(len(cluster.nodes))}
     victim = max(clients, key=lambda i: len(clients[i]))
-    jetstream(stack, lambda js: move_leaders(js, [JOBS_STREAM, "KV_scribe_jobs"], f"n{victim}"))
+    jetstream(stack, lambda js: move_leaders(js, [JOBS_STREAM, "KV_scribe_jobs", EVENTS_STREAM], f"n{victim}"))
 
     jobs = [harness_submit(ingest, FIXTURES / AUDIO[i % len(AUDIO)], model="tiny.en") for i in range(JOBS)]
     wait_for(lambda: any(get(results, j.job_id).state == S.JOB_STATE_RUNNING for j in jobs), 60, "a job to run")
@@ -237,7 +238,7 @@ def test_every_job_completes_once_when_a_nats_node_is_killed_and_restarted(stack
 
     summary = [(v.job_id[:8], S.Name(v.state), v.delivery_count, v.error_reason) for v in views]
     print(
-        f"\nkilled n{victim} (leader of SCRIBE_JOBS and KV_scribe_jobs, clients {clients[victim]}) with"
+        f"\nkilled n{victim} (leader of SCRIBE_JOBS, KV_scribe_jobs and SCRIBE_EVENTS, clients {clients[victim]}) with"
         f" {before}; survivors ready after {elected_s:.1f} s; a job completed on two nodes"
         f" {done_on_two_s:.1f} s after the kill ({done_on_two}); n{victim} rejoined in {rejoined_s:.1f} s;"
         f" GetJob refused {len(REFUSED)}x {sorted({c for _, c in REFUSED})} over"
