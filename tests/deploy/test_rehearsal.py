@@ -6,6 +6,11 @@ env, volumes and probes), then sends one batch job and one live call through the
 one OpenAI-style transcription (POST /v1/audio/transcriptions) through the HTTP gateway.
 What it stands in for (Envoy, Service DNS, the Kubernetes API) is in tools/rehearse.py.
 
+The speech is :func:`scribe_harness.stream_speech` (JFK from ../shared/data when it is there, else
+the committed espeak-ng clip), scored by WER as the streaming tests score it: the espeak-ng clip's
+words vary by CPU ("lazy nog" in batch, "blazy nog" live on an AMD EPYC without AVX-512, see
+scribe_harness.speech), so no word of it is asserted.
+
 Needs podman and buildah (and debootstrap when the public base image cannot be pulled); skipped
 without them. Slow: the first image build takes minutes, later ones reuse unchanged images.
 """
@@ -21,8 +26,12 @@ from pathlib import Path
 
 import pytest
 
+from scribe_harness import stream_speech
+
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED = (ROOT / "tests" / "fixtures" / "speech_en.txt").read_text()
+#: Highest WER of the batch job and of the HTTP transcription (beam 5): 0.24 measured on the
+#: espeak-ng clip on an AMD EPYC without AVX-512, 0.12 here; JFK 0.0.
+MAX_BATCH_WER = 0.3
 
 pytestmark = [
     pytest.mark.slow,
@@ -51,10 +60,15 @@ def test_images_build_and_the_chart_serves_a_batch_job_a_live_call_and_an_http_t
 
     run_id = "t" + secrets.token_hex(3)  # unique container names; the tool picks free ports itself
     result_path = tmp_path / "result.json"
+    speech = stream_speech()
+    reference = tmp_path / "reference.txt"
+    reference.write_text(speech.text)
     try:
         rehearsal = subprocess.run(
             [sys.executable, str(ROOT / "tools" / "rehearse.py"), "--images", str(images), "--run-id", run_id,
-             "--json-out", str(result_path), "--logs", str(tmp_path / "logs")],
+             "--json-out", str(result_path), "--logs", str(tmp_path / "logs"),
+             "--audio", str(speech.path), "--reference", str(reference), "--max-wer", str(MAX_BATCH_WER),
+             "--max-live-wer", str(speech.stream_wer)],
             capture_output=True, text=True, timeout=1500, cwd=ROOT,
         )
     finally:
@@ -73,20 +87,16 @@ def test_images_build_and_the_chart_serves_a_batch_job_a_live_call_and_an_http_t
 
     job = result["job"]
     assert job["states"][-1] == "JOB_STATE_COMPLETED", job
-    assert job["wer"] <= 0.3, (EXPECTED, job["text"])
-    for word in ("quick", "fox", "lazy", "dog", "transcribe", "platform"):
-        assert word in job["text"].lower(), (word, job["text"])
+    assert job["wer"] <= MAX_BATCH_WER, (speech.text, job["text"])
 
     live = result["live"]
     assert live["finals"] and live["words"] > 0, live
-    assert "lazy dog" in live["text"].lower(), live["text"]
+    assert live["wer"] <= speech.stream_wer, (speech.text, live["text"])
 
     # The OpenAI-compatible gateway: the pool's model listed, the same speech transcribed.
     assert "tiny.en" in result["http_models"], result["http_models"]
     http = result["http"]
-    assert http["wer"] <= 0.3, (EXPECTED, http["text"])
-    for word in ("quick", "fox", "lazy", "dog"):
-        assert word in http["text"].lower(), (word, http["text"])
+    assert http["wer"] <= MAX_BATCH_WER, (speech.text, http["text"])
 
     # Every container exited 0 on SIGTERM within its terminationGracePeriodSeconds.
     assert all(c["exit_code"] == 0 for c in containers.values()), containers
