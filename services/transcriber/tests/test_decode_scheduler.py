@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from scribe.v1 import transcriber_pb2
+from scribe_harness import FIXTURES, JFK, JFK_TEXT
 from scribe_libs.errors import InvalidArgument
 from scribe_libs.streaming.policy import looks_looping, normalize
 from scribe_transcriber import decode as dec
@@ -33,8 +34,6 @@ from scribe_transcriber.decode import (
     token_budget,
 )
 
-FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures"
-JFK = Path(__file__).resolve().parents[4] / "shared" / "data" / "jfk.flac"
 FINAL = transcriber_pb2.DECODE_PRIORITY_FINAL
 INTERIM = transcriber_pb2.DECODE_PRIORITY_INTERIM if hasattr(transcriber_pb2, "DECODE_PRIORITY_INTERIM") else 0
 COST = 0.05  # seconds per fake decode
@@ -241,11 +240,24 @@ def words(text: str) -> str:
 CLIPS = [FIXTURES / "speech_en.wav", FIXTURES / "numbers_en.wav", FIXTURES / "terms_en.wav", JFK]
 
 
+def reference(path: Path) -> str:
+    """The reference transcript of a clip: JFK's from ../shared/data/README.md, the .txt beside a fixture."""
+    return JFK_TEXT if path == JFK else path.with_suffix(".txt").read_text()
+
+
 @pytest.mark.slow
-def test_short_input_decode_gives_the_words_of_the_padded_decode(whisper):
+def test_short_input_decode_is_as_accurate_as_the_padded_decode(whisper):
+    """The short encoder input (window + 6 s, not 30 s) is no less accurate than the padded one.
+
+    Scored against each clip's reference, not against the padded decode's words: on the espeak-ng
+    clips tiny.en's greedy words sit on near-ties that the input length tips either way, which
+    side depends on the CPU (on an AMD EPYC without AVX-512 speech_en reads "stump ... for the
+    platform" short and "jump ... through a platform" padded, 0.19 apart, yet the short decode
+    is the closer one to the reference). Real speech (JFK) must give the same words both ways.
+    """
     scoring = pytest.importorskip("scribe_libs.scoring")  # needs jiwer (scribe-libs[score])
     clips = [p for p in CLIPS if p.exists()]
-    refs, hyps = [], []
+    refs, shorts, fulls = [], [], []
     for path in clips:
         audio = load(path)
         started = time.perf_counter()
@@ -254,20 +266,26 @@ def test_short_input_decode_gives_the_words_of_the_padded_decode(whisper):
         started = time.perf_counter()
         full = decode_windows(whisper, [Window(audio=audio, language="en")], input_padding_seconds=None)[0]
         full_s = time.perf_counter() - started
-        error = scoring.wer(words(full.text), words(short.text))
+        ref = reference(path)
+        short_wer, full_wer = scoring.wer(ref, short.text), scoring.wer(ref, full.text)
+        agreement = scoring.wer(words(full.text), words(short.text))
         print(f"{path.name}: {len(audio) / 16000:.1f} s, short {short_s:.2f} s (input {short.input_seconds} s) "
-              f"vs padded {full_s:.2f} s; WER {error:.3f}\n  short:  {short.text}\n  padded: {full.text}")
+              f"vs padded {full_s:.2f} s; WER against the reference {short_wer:.3f} short, {full_wer:.3f} padded; "
+              f"{agreement:.3f} between them\n  short:  {short.text}\n  padded: {full.text}")
         assert not short.fallback
         assert short.input_seconds == pytest.approx(len(audio) / 16000 + dec.DEFAULT_INPUT_PADDING_SECONDS, abs=0.05)
         assert full.input_seconds == 30.0
         assert short.words and all(0 <= w.start <= w.end <= len(audio) / 16000 + 1e-3 for w in short.words)
-        # Measured here (tiny.en int8, 2 cores): 0.000 on speech_en, terms_en and jfk; 0.167 on
-        # numbers_en (one token: the padded decode writes "5.5" where the short one writes "5 5").
-        assert error <= 0.2, (path.name, short.text, full.text)
-        refs.append(words(full.text))
-        hyps.append(words(short.text))
-    # over all clips (measured 0.033 with jfk.flac, 0.053 without): at most one word in ten differs
-    assert scoring.wer(" ".join(refs), " ".join(hyps)) <= 0.1
+        # Measured (tiny.en int8, 2 cores, AMD EPYC without AVX-512), short / padded: speech_en
+        # 0.235 / 0.353, numbers_en 0.571 / 0.571, terms_en 0.500 / 0.500, jfk 0.000 / 0.000.
+        assert short_wer <= full_wer + 0.1, (path.name, short.text, full.text)
+        if path == JFK:
+            assert agreement <= 0.1, (short.text, full.text)  # measured 0.000
+        refs.append(ref)
+        shorts.append(short.text)
+        fulls.append(full.text)
+    # Over all clips the short input costs at most one word in twenty.
+    assert scoring.wer(" ".join(refs), " ".join(shorts)) <= scoring.wer(" ".join(refs), " ".join(fulls)) + 0.05
 
 
 @pytest.mark.slow
