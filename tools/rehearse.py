@@ -1139,11 +1139,13 @@ class Rehearsal:
         ]
         lines += [f"  - {s}" for s in standins]
         for container, warns in (self.result.get("log_warnings") or {}).items():
-            # Errors first and in full (an INTERNAL answer is diagnosed by its traceback), then warnings.
+            # Errors in full (an INTERNAL answer is diagnosed by its traceback), warnings shortened.
             errors = sorted({w for w in warns if not w.startswith("WARNING")})
+            others = sorted({w for w in warns if w.startswith("WARNING")})
             if errors:
                 lines.append(f"log errors of {container} ({len(errors)}): " + "; ".join(errors)[:4000])
-            lines.append(f"log warnings of {container} ({len(warns)}): " + "; ".join(sorted(set(warns)))[:600])
+            if others:
+                lines.append(f"log warnings of {container} ({len(others)}): " + "; ".join(others)[:600])
         lines.append(f"wall time {self.result['wall_seconds']:.0f} s; "
                      f"{'PASSED' if self.result['ok'] else 'FAILED'}")
         print("\n".join(lines), file=sys.stderr, flush=True)
